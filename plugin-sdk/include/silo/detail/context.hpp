@@ -1,0 +1,70 @@
+#pragma once
+// The narrow interfaces between the SDK (compiled into plugins) and the runtime (silod, the client).
+// Only virtual functions cross the plugin boundary, so plugins never depend on the runtime's layout.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "silo/call_options.hpp"
+#include "silo/task.hpp"
+#include "silo/types.hpp"
+
+namespace google::protobuf {
+class Message;
+}
+
+namespace silo {
+
+enum class LogLevel : std::uint8_t { trace, debug, info, warn, error, critical };
+
+namespace detail {
+
+/// Sends calls to grains. Implemented by an activation (grain-to-grain calls carry its call chain) and
+/// by the client library.
+class Caller {
+ public:
+  /// Calls `method` of grain (method.type, key). The result is a message of the method's response type
+  /// (a default instance for one-way calls). Failures throw silo::Error.
+  virtual Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string_view key,
+                                                               const google::protobuf::Message& request,
+                                                               const CallOptions& options) = 0;
+
+ protected:
+  ~Caller() = default;
+};
+
+/// What a grain sees of its activation. Implemented by silod's runtime.
+class ActivationContext : public Caller {
+ public:
+  virtual const std::string& key() const = 0;
+  virtual const GrainTypeInfo& type() const = 0;
+  virtual std::uint64_t register_timer(std::function<Task<void>()> callback, std::chrono::milliseconds due,
+                                       std::chrono::milliseconds period) = 0;
+  virtual void cancel_timer(std::uint64_t id) = 0;
+  virtual void deactivate_on_idle() = 0;
+  virtual void log(LogLevel level, std::string_view message) = 0;
+  virtual bool log_enabled(LogLevel level) const = 0;
+
+ protected:
+  ~ActivationContext() = default;
+};
+
+/// A decoded call handed to a grain's generated dispatch.
+struct Invocation {
+  const MethodInfo* method = nullptr;
+  /// The request: `request` when the caller is local, else `request_bytes` (serialized protobuf).
+  const google::protobuf::Message* request = nullptr;
+  std::string_view request_bytes;
+  /// Set by dispatch: the response message.
+  std::unique_ptr<google::protobuf::Message> response;
+};
+
+/// Parses bytes into `out` or throws silo::Error(invalid_argument) naming the method.
+void parse_request(const Invocation& inv, google::protobuf::Message& out);
+
+}  // namespace detail
+}  // namespace silo

@@ -1,0 +1,13 @@
+#pragma once
+/// @file
+/// Everything a grain author needs: `#include <silo/silo.hpp>`.
+
+#include "silo/call_options.hpp"
+#include "silo/error.hpp"
+#include "silo/grain.hpp"
+#include "silo/grain_ref.hpp"
+#include "silo/logger.hpp"
+#include "silo/plugin.hpp"
+#include "silo/task.hpp"
+#include "silo/types.hpp"
+#include "silo/version.hpp"

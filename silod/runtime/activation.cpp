@@ -1,0 +1,283 @@
+#include "runtime/activation.hpp"
+
+#include <algorithm>
+
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include "runtime/runtime.hpp"
+#include "runtime/shard.hpp"
+
+namespace silo::runtime {
+
+namespace asio = boost::asio;
+
+namespace {
+void log_coroutine_failure(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("runtime: internal coroutine failed: {}", ex.what());
+  } catch (...) {
+    spdlog::error("runtime: internal coroutine failed with a non-standard exception");
+  }
+}
+
+Reply reply_from_exception(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& err) {
+    return Reply::failure(err.code(), err.what());
+  } catch (const std::exception& ex) {
+    return Reply::failure(StatusCode::unknown, ex.what());
+  } catch (...) {
+    return Reply::failure(StatusCode::unknown, "the grain threw a non-standard exception");
+  }
+}
+}  // namespace
+
+Activation::Activation(Shard& shard, const GrainClass& cls, std::string key)
+    : shard_(shard), cls_(cls), key_(std::move(key)), last_active_(Clock::now()) {}
+
+Activation::~Activation() { cancel_all_timers(); }
+
+void Activation::activate() {
+  asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
+}
+
+Task<void> Activation::run_activate() {
+  std::exception_ptr failure;
+  try {
+    grain_.reset(cls_.factory());
+    detail::GrainAccess::bind(*grain_, this);
+    co_await grain_->on_activate();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (failure) {
+    const Reply r = reply_from_exception(failure);
+    spdlog::warn("grain {}/{}: activation failed: {}", cls_.name(), key_, r.error);
+    fail_queue(r.code, "activation of " + std::string(cls_.name()) + "/" + key_ + " failed: " + r.error);
+    grain_.reset();
+    state_ = State::gone;
+    shard_.remove(this, {});  // destroys *this
+    co_return;
+  }
+  spdlog::debug("grain {}/{}: activated on worker {}", cls_.name(), key_, shard_.index());
+  state_ = State::valid;
+  pump();
+}
+
+void Activation::fail_queue(StatusCode code, const std::string& why) {
+  auto queue = std::move(queue_);
+  queue_.clear();
+  for (auto& r : queue) shard_.reply(*r, Reply::failure(code, why));
+}
+
+bool Activation::is_call_cycle(const Request& r) const {
+  if (running_ == 0) return false;
+  return std::any_of(r.chain.begin(), r.chain.end(),
+                     [this](const ChainLink& l) { return l.cls == &cls_ && l.key == key_; });
+}
+
+void Activation::enqueue(RequestPtr r) {
+  if (r->kind == Request::Kind::call && state_ == State::valid && !cls_.info->reentrant &&
+      !r->method->always_interleave && is_call_cycle(*r)) {
+    if (cls_.info->call_chain_reentrancy) {
+      start_turn(std::move(r));  // the chain waits for us: run it now rather than deadlock
+      return;
+    }
+    const std::string cycle = describe_chain(r->chain, &cls_, key_);
+    spdlog::warn("grain {}/{}: deadlock refused: call cycle {}", cls_.name(), key_, cycle);
+    shard_.reply(*r, Reply::failure(StatusCode::aborted,
+                                    "deadlock: call cycle " + cycle + " among non-reentrant grains; make " +
+                                        cls_.name() + " reentrant, mark " + r->method->name +
+                                        " always_interleave, or enable call_chain_reentrancy"));
+    return;
+  }
+  if (state_ == State::valid && r->kind == Request::Kind::call && r->method->always_interleave) {
+    start_turn(std::move(r));
+    return;
+  }
+  queue_.push_back(std::move(r));
+  pump();
+}
+
+bool Activation::can_start(const Request& r) const {
+  if (cls_.info->reentrant) return true;
+  if (r.kind == Request::Kind::call && r.method->always_interleave) return true;
+  if (r.kind == Request::Kind::call && r.method->read_only) return running_exclusive_ == 0 && running_ == running_read_only_;
+  return running_ == 0;
+}
+
+void Activation::pump() {
+  if (state_ != State::valid) return;
+  while (!queue_.empty() && can_start(*queue_.front())) {
+    RequestPtr r = std::move(queue_.front());
+    queue_.pop_front();
+    start_turn(std::move(r));
+  }
+  if (deactivate_requested_ && idle()) {
+    state_ = State::deactivating;
+    asio::co_spawn(shard_.io(), run_deactivate(), log_coroutine_failure);
+  }
+}
+
+void Activation::start_turn(RequestPtr r) {
+  ++running_;
+  if (r->kind == Request::Kind::call && r->method->read_only) ++running_read_only_;
+  else if (r->kind == Request::Kind::timer_tick || !r->method->always_interleave) ++running_exclusive_;
+  asio::co_spawn(shard_.io(), run_turn(std::move(r)), log_coroutine_failure);
+}
+
+Task<void> Activation::run_turn(RequestPtr r) {
+  const auto started = Clock::now();
+  const bool read_only = r->kind == Request::Kind::call && r->method->read_only;
+  const bool exclusive = r->kind == Request::Kind::timer_tick || (!read_only && !r->method->always_interleave);
+  Reply reply;
+  if (r->kind == Request::Kind::timer_tick) {
+    shard_.last_turn_method.store(nullptr, std::memory_order_relaxed);
+    current_ = r.get();
+    try {
+      co_await r->timer->callback();
+    } catch (...) {
+      reply = reply_from_exception(std::current_exception());
+      spdlog::warn("grain {}/{}: timer {} threw: {}", cls_.name(), key_, r->timer->id, reply.error);
+    }
+  } else if (started > r->deadline) {
+    // The caller gave up already; running the call now would only waste the turn.
+    reply = Reply::failure(StatusCode::deadline_exceeded, "the call waited in the mailbox past its deadline");
+  } else {
+    shard_.last_turn_method.store(r->method, std::memory_order_relaxed);
+    current_ = r.get();
+    detail::Invocation inv;
+    inv.method = r->method;
+    inv.request = r->arg.get();
+    inv.request_bytes = r->arg_bytes;
+    try {
+      co_await grain_->dispatch(inv);
+      reply.response = std::move(inv.response);
+    } catch (...) {
+      reply = reply_from_exception(std::current_exception());
+      spdlog::debug("grain {}/{}: {} failed: {} {}", cls_.name(), key_, r->method->name, to_string(reply.code),
+                    reply.error);
+    }
+  }
+  current_ = nullptr;
+  --running_;
+  if (read_only) --running_read_only_;
+  else if (exclusive) --running_exclusive_;
+
+  const auto took = Clock::now() - started;
+  if (took >= shard_.runtime().options().turn_warning) {
+    spdlog::warn("grain {}/{}: turn {} took {} ms (grains.turn_warning is {} ms): long turns delay every call "
+                 "queued behind them; move blocking work off the grain",
+                 cls_.name(), key_, r->describe(),
+                 std::chrono::duration_cast<std::chrono::milliseconds>(took).count(),
+                 shard_.runtime().options().turn_warning.count());
+  }
+  if (r->kind == Request::Kind::timer_tick) {
+    auto& t = r->timer;
+    if (!t->cancelled && t->period.count() > 0) arm(t, t->period);
+    else if (!t->cancelled) timers_.erase(t->id);
+  } else {
+    last_active_ = Clock::now();
+    if (reply.code != StatusCode::ok && cls_.info->on_error == OnError::deactivate) {
+      spdlog::info("grain {}/{}: deactivating after a failed call (on_error: DEACTIVATE)", cls_.name(), key_);
+      deactivate_requested_ = true;
+    }
+    shard_.reply(*r, std::move(reply));
+  }
+  pump();
+}
+
+void Activation::request_deactivation() {
+  deactivate_requested_ = true;
+  if (state_ == State::valid) pump();
+}
+
+Task<void> Activation::run_deactivate() {
+  cancel_all_timers();
+  try {
+    co_await grain_->on_deactivate();
+  } catch (const std::exception& e) {
+    spdlog::warn("grain {}/{}: on_deactivate threw: {}", cls_.name(), key_, e.what());
+  } catch (...) {
+    spdlog::warn("grain {}/{}: on_deactivate threw a non-standard exception", cls_.name(), key_);
+  }
+  grain_.reset();
+  state_ = State::gone;
+  spdlog::debug("grain {}/{}: deactivated on worker {}", cls_.name(), key_, shard_.index());
+  std::vector<RequestPtr> leftovers;
+  for (auto& r : queue_)
+    if (r->kind == Request::Kind::call) leftovers.push_back(std::move(r));
+  queue_.clear();
+  shard_.remove(this, std::move(leftovers));  // destroys *this: nothing may follow
+}
+
+Task<std::unique_ptr<google::protobuf::Message>> Activation::call(const MethodInfo& method, std::string_view key,
+                                                                 const google::protobuf::Message& request,
+                                                                 const CallOptions& options) {
+  // The chain is what the current turn's caller waits on, plus this grain. Captured before the first
+  // suspension: afterwards another turn of a reentrant grain may run.
+  CallChain chain;
+  if (!method.one_way) {
+    if (current_) chain = current_->chain;
+    chain.push_back(ChainLink{&cls_, key_});
+  }
+  const Request* turn = current_;
+  auto response = co_await shard_.runtime().call(shard_, std::move(chain), method, key, request, options);
+  current_ = turn;  // this turn's code runs again
+  co_return response;
+}
+
+std::uint64_t Activation::register_timer(std::function<Task<void>()> callback, std::chrono::milliseconds due,
+                                         std::chrono::milliseconds period) {
+  const std::uint64_t id = next_timer_id_++;
+  auto t = std::make_shared<TimerState>(shard_.io(), this, id, std::move(callback), period);
+  timers_.emplace(id, t);
+  arm(t, due);
+  return id;
+}
+
+void Activation::arm(const std::shared_ptr<TimerState>& t, std::chrono::milliseconds after) {
+  t->timer.expires_after(after);
+  t->timer.async_wait([t](boost::system::error_code ec) {
+    if (ec || t->cancelled) return;
+    auto r = std::make_unique<Request>();
+    r->kind = Request::Kind::timer_tick;
+    r->cls = &t->owner->cls_;
+    r->key = t->owner->key_;
+    r->timer = t;
+    t->owner->enqueue(std::move(r));
+  });
+}
+
+void Activation::cancel_timer(std::uint64_t id) {
+  auto it = timers_.find(id);
+  if (it == timers_.end()) return;
+  it->second->cancelled = true;
+  it->second->timer.cancel();
+  timers_.erase(it);
+}
+
+void Activation::cancel_all_timers() {
+  for (auto& [id, t] : timers_) {
+    t->cancelled = true;
+    t->timer.cancel();
+  }
+  timers_.clear();
+}
+
+void Activation::deactivate_on_idle() { deactivate_requested_ = true; }
+
+void Activation::log(LogLevel level, std::string_view message) {
+  spdlog::log(static_cast<spdlog::level::level_enum>(level), "grain {}/{}: {}", cls_.name(), key_, message);
+}
+
+bool Activation::log_enabled(LogLevel level) const {
+  return spdlog::should_log(static_cast<spdlog::level::level_enum>(level));
+}
+
+}  // namespace silo::runtime

@@ -1,0 +1,97 @@
+#pragma once
+// One in-memory instance of a grain. Owns the grain object, its mailbox and its timers, and decides when a
+// queued request may start a turn. Lives on one shard and is only touched from that shard's thread.
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <boost/asio/steady_timer.hpp>
+#include <silo/grain.hpp>
+
+#include "runtime/message.hpp"
+
+namespace silo::runtime {
+
+class Shard;
+class Activation;
+
+class TimerState {
+ public:
+  TimerState(boost::asio::io_context& io, Activation* owner, std::uint64_t id, std::function<Task<void>()> cb,
+             std::chrono::milliseconds period)
+      : timer(io), owner(owner), id(id), callback(std::move(cb)), period(period) {}
+  boost::asio::steady_timer timer;
+  Activation* owner;
+  std::uint64_t id;
+  std::function<Task<void>()> callback;
+  std::chrono::milliseconds period;
+  bool cancelled = false;
+};
+
+class Activation final : public detail::ActivationContext {
+ public:
+  enum class State : std::uint8_t { activating, valid, deactivating, gone };
+
+  Activation(Shard& shard, const GrainClass& cls, std::string key);
+  ~Activation();
+
+  /// Starts on_activate(); requests queue until it finishes.
+  void activate();
+  /// Adds a request to the mailbox and starts whatever may start.
+  void enqueue(RequestPtr request);
+  /// Deactivates once idle (now, if idle already).
+  void request_deactivation();
+
+  State state() const noexcept { return state_; }
+  bool idle() const noexcept { return running_ == 0 && queue_.empty(); }
+  std::size_t load() const noexcept { return running_ + queue_.size(); }
+  Clock::time_point last_active() const noexcept { return last_active_; }
+  const GrainClass& grain_class() const noexcept { return cls_; }
+
+  // detail::ActivationContext
+  const std::string& key() const override { return key_; }
+  const GrainTypeInfo& type() const override { return *cls_.info; }
+  Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string_view key,
+                                                       const google::protobuf::Message& request,
+                                                       const CallOptions& options) override;
+  std::uint64_t register_timer(std::function<Task<void>()> callback, std::chrono::milliseconds due,
+                               std::chrono::milliseconds period) override;
+  void cancel_timer(std::uint64_t id) override;
+  void deactivate_on_idle() override;
+  void log(LogLevel level, std::string_view message) override;
+  bool log_enabled(LogLevel level) const override;
+
+ private:
+  bool can_start(const Request& r) const;
+  bool is_call_cycle(const Request& r) const;
+  void pump();
+  void start_turn(RequestPtr r);
+  Task<void> run_turn(RequestPtr r);
+  Task<void> run_activate();
+  Task<void> run_deactivate();
+  void arm(const std::shared_ptr<TimerState>& t, std::chrono::milliseconds after);
+  void cancel_all_timers();
+  void fail_queue(StatusCode code, const std::string& why);
+
+  Shard& shard_;
+  const GrainClass& cls_;
+  std::string key_;
+  std::unique_ptr<Grain> grain_;
+  State state_ = State::activating;
+  std::deque<RequestPtr> queue_;
+  std::uint32_t running_ = 0;            // turns in progress
+  std::uint32_t running_exclusive_ = 0;  // ... of which neither read_only nor always_interleave
+  std::uint32_t running_read_only_ = 0;
+  const Request* current_ = nullptr;  // the turn whose code runs now (for the call chain)
+  bool deactivate_requested_ = false;
+  Clock::time_point last_active_;
+  std::uint64_t next_timer_id_ = 1;
+  std::unordered_map<std::uint64_t, std::shared_ptr<TimerState>> timers_;
+};
+
+}  // namespace silo::runtime

@@ -1,0 +1,63 @@
+#pragma once
+// The runtime's unit of work: a Request addressed to one grain, and the Reply that travels back.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <google/protobuf/message.h>
+#include <silo/error.hpp>
+#include <silo/types.hpp>
+
+#include "runtime/grain_class.hpp"
+
+namespace silo::runtime {
+
+using Clock = std::chrono::steady_clock;
+
+/// One grain on a call chain: the activations waiting, directly or not, for the current request.
+struct ChainLink {
+  const GrainClass* cls;
+  std::string key;
+};
+using CallChain = std::vector<ChainLink>;
+
+struct Reply {
+  StatusCode code = StatusCode::ok;
+  std::string error;
+  std::unique_ptr<google::protobuf::Message> response;
+
+  static Reply failure(StatusCode code, std::string message) {
+    Reply r;
+    r.code = code;
+    r.error = std::move(message);
+    return r;
+  }
+};
+
+class TimerState;
+
+struct Request {
+  enum class Kind : std::uint8_t { call, timer_tick };
+  Kind kind = Kind::call;
+  const GrainClass* cls = nullptr;
+  std::string key;
+  const MethodInfo* method = nullptr;
+  std::unique_ptr<google::protobuf::Message> arg;  // a local caller's request (owned copy)
+  std::string arg_bytes;                            // or its serialized form
+  CallChain chain;
+  std::uint32_t reply_shard = 0;
+  std::uint64_t call_id = 0;  // 0: nobody waits for the reply (one-way, timer tick)
+  Clock::time_point deadline = Clock::time_point::max();
+  std::shared_ptr<TimerState> timer;  // timer ticks only
+
+  std::string describe() const;  // "type/key.Method" for logs and errors
+};
+
+using RequestPtr = std::unique_ptr<Request>;
+
+std::string describe_chain(const CallChain& chain, const GrainClass* cls, const std::string& key);
+
+}  // namespace silo::runtime

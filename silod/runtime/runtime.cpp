@@ -1,0 +1,222 @@
+#include "runtime/runtime.hpp"
+
+#include <cstring>
+#include <stdexcept>
+
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include "runtime/activation.hpp"
+#include "runtime/shard.hpp"
+
+namespace silo::runtime {
+
+namespace asio = boost::asio;
+
+class Runtime::ClientCaller final : public detail::Caller {
+ public:
+  ClientCaller(Runtime& rt, Shard& shard) : rt_(rt), shard_(shard) {}
+  Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string_view key,
+                                                       const google::protobuf::Message& request,
+                                                       const CallOptions& options) override {
+    return rt_.call(shard_, {}, method, key, request, options);
+  }
+
+ private:
+  Runtime& rt_;
+  Shard& shard_;
+};
+
+Runtime::Runtime(RuntimeOptions options) : options_(options) {
+  if (options_.threads == 0) options_.threads = std::max(1u, std::thread::hardware_concurrency());
+}
+
+Runtime::~Runtime() {
+  if (started_ && !stopping()) stop(Clock::now() + std::chrono::seconds(5));
+}
+
+void Runtime::add_class(std::unique_ptr<GrainClass> cls) {
+  if (started_) throw std::logic_error("grain classes must be added before the runtime starts");
+  const std::string_view name = cls->name();
+  if (auto it = classes_.find(name); it != classes_.end()) {
+    throw std::invalid_argument("grain type " + std::string(name) + " is registered by both plugin '" +
+                                it->second->plugin + "' and plugin '" + cls->plugin + "'");
+  }
+  if (cls->collection_age.count() == 0) cls->collection_age = options_.collection_age;
+  if (cls->max_local == 0) cls->max_local = options_.threads;
+  classes_.emplace(name, std::move(cls));
+}
+
+const GrainClass* Runtime::find_class(std::string_view type_name) const {
+  auto it = classes_.find(type_name);
+  return it == classes_.end() ? nullptr : it->second.get();
+}
+
+std::vector<const GrainClass*> Runtime::classes() const {
+  std::vector<const GrainClass*> out;
+  for (const auto& [name, cls] : classes_) out.push_back(cls.get());
+  return out;
+}
+
+void Runtime::start() {
+  for (unsigned i = 0; i < options_.threads; ++i) shards_.push_back(std::make_unique<Shard>(*this, i));
+  for (auto& s : shards_) clients_.push_back(std::make_unique<ClientCaller>(*this, *s));
+  for (auto& s : shards_) s->start();
+  started_ = true;
+  watchdog_ = std::thread([this] { watchdog_loop(); });
+  spdlog::info("grains: {} worker threads, {} grain types, collection_age {} ms, call_timeout {} ms",
+               options_.threads, classes_.size(), options_.collection_age.count(), options_.call_timeout.count());
+}
+
+void Runtime::stop(Clock::time_point deadline) {
+  if (!started_ || stopping_.exchange(true)) return;
+  spdlog::info("grains: deactivating {} activations", activation_count());
+  for (auto& s : shards_) asio::post(s->io(), [&s = *s] { s.deactivate_all(); });
+  while (activation_count() > 0 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (const auto left = activation_count(); left > 0) {
+    spdlog::warn("grains: {} activations still busy at the shutdown deadline; their calls fail with UNAVAILABLE",
+                 left);
+  }
+  // Fail whatever still waits, then let each worker drain its queue and stop.
+  std::vector<std::shared_ptr<std::promise<void>>> drained;
+  for (auto& s : shards_) {
+    auto p = std::make_shared<std::promise<void>>();
+    drained.push_back(p);
+    asio::post(s->io(), [&s = *s, p] {
+      s.fail_pending("silo is shutting down; retry on another silo");
+      p->set_value();
+    });
+  }
+  for (auto& p : drained) p->get_future().wait_until(deadline + std::chrono::seconds(1));
+  {
+    std::lock_guard lock(watchdog_mutex_);
+    watchdog_stop_ = true;
+  }
+  watchdog_cv_.notify_all();
+  if (watchdog_.joinable()) watchdog_.join();
+  for (auto& s : shards_) s->io().stop();
+  for (auto& s : shards_) s->join();
+  spdlog::info("grains: stopped");
+}
+
+Shard& Runtime::shard_for(const GrainClass& cls, std::string_view key) noexcept {
+  const std::size_t h = GrainKeyHash{}(GrainKeyView{&cls, key});
+  return *shards_[((h * 0x9E3779B97F4A7C15ull) >> 32) % shards_.size()];
+}
+
+detail::Caller& Runtime::client(unsigned shard) noexcept { return *clients_[shard]; }
+
+asio::io_context& Runtime::shard_io(unsigned i) noexcept { return shards_[i]->io(); }
+
+const MethodInfo* Runtime::resolve_method(const GrainClass& cls, const MethodInfo& method) const {
+  const auto& methods = cls.info->methods;
+  // Fast path: the caller's generated code is the plugin's own.
+  if (method.type == cls.info) return &method;
+  if (method.index >= 0 && static_cast<std::size_t>(method.index) < methods.size() &&
+      std::strcmp(methods[method.index].name, method.name) == 0) {
+    return &methods[method.index];
+  }
+  for (const auto& m : methods)
+    if (std::strcmp(m.name, method.name) == 0) return &m;
+  return nullptr;
+}
+
+Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, CallChain chain,
+                                                              const MethodInfo& method, std::string_view key,
+                                                              const google::protobuf::Message& arg,
+                                                              const CallOptions& options) {
+  const GrainClass* cls = find_class(method.type->name);
+  if (!cls) {
+    throw Error(StatusCode::not_found, std::string("grain type ") + method.type->name +
+                                           " is not loaded on this silo; add its plugin to plugins.load");
+  }
+  const MethodInfo* m = resolve_method(*cls, method);
+  if (!m) {
+    throw Error(StatusCode::unimplemented, std::string("grain type ") + cls->name() + " has no method " +
+                                               method.name + " (plugin '" + cls->plugin + "')");
+  }
+  if (stopping()) {
+    throw Error(StatusCode::unavailable, "silo is shutting down; retry on another silo");
+  }
+  auto r = std::make_unique<Request>();
+  r->cls = cls;
+  r->key.assign(key);
+  r->method = m;
+  r->arg.reset(arg.New());
+  r->arg->CopyFrom(arg);
+  r->chain = std::move(chain);
+  if (options.one_way || m->one_way) {
+    Shard& target = shard_for(*cls, key);
+    asio::post(target.io(), [&target, r = std::move(r)]() mutable { target.deliver(std::move(r)); });
+    co_return std::unique_ptr<google::protobuf::Message>(m->response_prototype->New());
+  }
+  std::chrono::milliseconds timeout = options.timeout;
+  if (timeout.count() <= 0) timeout = std::chrono::milliseconds(m->timeout_ms);
+  if (timeout.count() <= 0) timeout = options_.call_timeout;
+  r->deadline = Clock::now() + timeout;
+  const std::string target = r->describe();
+  Reply reply = co_await from.call(std::move(r));
+  if (reply.code != StatusCode::ok) {
+    if (reply.code == StatusCode::deadline_exceeded) {
+      throw Error(reply.code, target + ": " + reply.error + " (" + std::to_string(timeout.count()) +
+                                  " ms); the call was not resent");
+    }
+    throw Error(reply.code, reply.error);
+  }
+  if (!reply.response) reply.response.reset(m->response_prototype->New());
+  co_return std::move(reply.response);
+}
+
+std::size_t Runtime::activation_count() const {
+  std::size_t n = 0;
+  for (const auto& s : shards_) n += s->activation_count();
+  return n;
+}
+
+std::unordered_map<std::string, std::size_t> Runtime::activation_counts() {
+  std::unordered_map<std::string, std::size_t> out;
+  for (auto& s : shards_) {
+    std::promise<std::unordered_map<std::string, std::size_t>> p;
+    auto f = p.get_future();
+    asio::post(s->io(), [&s = *s, &p] {
+      std::unordered_map<std::string, std::size_t> part;
+      s.count_by_type(part);
+      p.set_value(std::move(part));
+    });
+    for (auto& [type, n] : f.get()) out[type] += n;
+  }
+  return out;
+}
+
+void Runtime::watchdog_loop() {
+  // A worker that does not answer a heartbeat within turn_warning is stuck in one long synchronous turn.
+  const auto period = std::max(options_.turn_warning / 2, std::chrono::milliseconds(10));
+  std::vector<bool> warned(shards_.size(), false);
+  std::unique_lock lock(watchdog_mutex_);
+  while (!watchdog_cv_.wait_for(lock, period, [this] { return watchdog_stop_; })) {
+    const auto now = Clock::now().time_since_epoch().count();
+    for (std::size_t i = 0; i < shards_.size(); ++i) {
+      Shard& s = *shards_[i];
+      const auto beat = s.heartbeat_ns.load(std::memory_order_relaxed);
+      const auto stalled = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::duration(now - beat));
+      if (stalled >= options_.turn_warning) {
+        if (!warned[i]) {
+          const MethodInfo* m = s.last_turn_method.load(std::memory_order_relaxed);
+          spdlog::warn("grains: worker {} has been blocked for {} ms, last turn started: {}{}{}; a grain is "
+                       "blocking its thread (sleep, blocking I/O, long loop)",
+                       i, stalled.count(), m ? m->type->name : "a timer", m ? "." : "", m ? m->name : "");
+          warned[i] = true;
+        }
+      } else {
+        warned[i] = false;
+      }
+      asio::post(s.io(), [&s] {
+        s.heartbeat_ns.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+      });
+    }
+  }
+}
+
+}  // namespace silo::runtime

@@ -1,0 +1,103 @@
+#pragma once
+// The grain runtime of one silo: grain classes, shards (worker threads), calls between grains, the
+// watchdog, and orderly deactivation of everything at shutdown.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <silo/detail/context.hpp>
+
+#include "runtime/message.hpp"
+
+namespace silo::runtime {
+
+class Shard;
+
+struct RuntimeOptions {
+  unsigned threads = 0;  // 0: hardware concurrency
+  std::chrono::milliseconds collection_age{std::chrono::minutes(15)};
+  std::chrono::milliseconds turn_warning{std::chrono::seconds(1)};
+  std::chrono::milliseconds call_timeout{std::chrono::seconds(30)};
+};
+
+class Runtime {
+ public:
+  explicit Runtime(RuntimeOptions options);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  /// Registers a grain class (before start). Throws std::invalid_argument for a duplicate type name.
+  void add_class(std::unique_ptr<GrainClass> cls);
+  const GrainClass* find_class(std::string_view type_name) const;
+  std::vector<const GrainClass*> classes() const;
+
+  void start();
+  /// Deactivates every activation (bounded by `deadline`), fails what is left, stops the threads.
+  void stop(Clock::time_point deadline);
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  const RuntimeOptions& options() const noexcept { return options_; }
+  unsigned shard_count() const noexcept { return static_cast<unsigned>(shards_.size()); }
+  Shard& shard(unsigned i) noexcept { return *shards_[i]; }
+  Shard& shard_for(const GrainClass& cls, std::string_view key) noexcept;
+
+  /// Calls a grain from `from`'s thread. `chain` is the caller's call chain (empty for clients).
+  Task<std::unique_ptr<google::protobuf::Message>> call(Shard& from, CallChain chain, const MethodInfo& method,
+                                                       std::string_view key, const google::protobuf::Message& arg,
+                                                       const CallOptions& options);
+  /// A caller for code that is not a grain (clients, the gateway, tests), bound to one shard.
+  detail::Caller& client(unsigned shard) noexcept;
+
+  /// Runs `fn` on shard `shard_index` and returns its result as a future (tests, tools, the gateway).
+  template <class T>
+  std::future<T> spawn(unsigned shard_index, std::function<Task<T>(detail::Caller&)> fn);
+
+  std::size_t activation_count() const;
+  /// Activation counts per grain type (blocks briefly while each shard counts).
+  std::unordered_map<std::string, std::size_t> activation_counts();
+
+ private:
+  class ClientCaller;
+  void watchdog_loop();
+  const MethodInfo* resolve_method(const GrainClass& cls, const MethodInfo& method) const;
+  boost::asio::io_context& shard_io(unsigned i) noexcept;
+
+  RuntimeOptions options_;
+  std::unordered_map<std::string_view, std::unique_ptr<GrainClass>> classes_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::vector<std::unique_ptr<ClientCaller>> clients_;
+  std::atomic<bool> stopping_{false};
+  bool started_ = false;
+
+  std::thread watchdog_;
+  std::mutex watchdog_mutex_;
+  std::condition_variable watchdog_cv_;
+  bool watchdog_stop_ = false;
+};
+
+template <class T>
+std::future<T> Runtime::spawn(unsigned shard_index, std::function<Task<T>(detail::Caller&)> fn) {
+  auto promise = std::make_shared<std::promise<T>>();
+  auto future = promise->get_future();
+  detail::Caller* caller = &client(shard_index);
+  boost::asio::co_spawn(
+      shard_io(shard_index),
+      [fn = std::move(fn), caller]() -> Task<T> { co_return co_await fn(*caller); },
+      [promise](std::exception_ptr e, auto... value) {
+        if (e) promise->set_exception(e);
+        else promise->set_value(std::move(value)...);
+      });
+  return future;
+}
+
+}  // namespace silo::runtime
