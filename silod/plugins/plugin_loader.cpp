@@ -1,5 +1,14 @@
 #include "plugins/plugin_loader.hpp"
 
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <stdexcept>
@@ -63,6 +72,71 @@ std::string check_abi_symbol(const std::string& path, std::string& symbol) {
   return "not a silo plugin (no silo_abi_v* symbol); was it built with silo_add_grain_plugin and SILO_PLUGIN()?";
 }
 
+// Loads the library in a forked child first. A library whose static initialisers kill the process (most
+// often protobuf aborting because a .proto or symbol it registers is already registered by another plugin)
+// then costs a child, not silod. Returns an empty string when the child loaded it and exited normally.
+std::string trial_load(const std::string& path) {
+  int pipefd[2];
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) return {};  // cannot probe: load directly, as without the probe
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+    return {};
+  }
+  if (pid == 0) {
+    ::dup2(pipefd[1], STDERR_FILENO);
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+      const char* err = ::dlerror();
+      (void)!::write(STDERR_FILENO, err, std::strlen(err));
+      ::_exit(3);
+    }
+    ::_exit(0);
+  }
+  ::close(pipefd[1]);
+  std::string output;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  int status = 0;
+  bool exited = false;
+  while (!exited) {
+    pollfd pfd{pipefd[0], POLLIN, 0};
+    if (::poll(&pfd, 1, 50) > 0) {
+      char buf[4096];
+      const ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+      if (n > 0 && output.size() < 65536) output.append(buf, static_cast<std::size_t>(n));
+    }
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) exited = true;
+    else if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      ::close(pipefd[0]);
+      return "loading it did not finish within 20 s (a static initialiser blocks)";
+    }
+  }
+  ::close(pipefd[0]);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+  // Keep the most telling line: protobuf's conflict report, else the last non-empty line.
+  std::string reason;
+  std::size_t start = 0;
+  while (start < output.size()) {
+    std::size_t end = output.find('\n', start);
+    if (end == std::string::npos) end = output.size();
+    const std::string line = output.substr(start, end - start);
+    if (!line.empty() && (reason.empty() || line.find("conflicts with") != std::string::npos ||
+                          line.find("already exists") != std::string::npos)) {
+      reason = line;
+    }
+    start = end + 1;
+  }
+  const std::string how = WIFSIGNALED(status) ? "kills the process (signal " + std::to_string(WTERMSIG(status)) + ")"
+                                              : "fails (exit " + std::to_string(WEXITSTATUS(status)) + ")";
+  return "loading it " + how + (reason.empty() ? "" : ": " + reason) +
+         "; two plugins may not compile the same .proto or declare the same proto names: move shared "
+         "interfaces into one library (silo_add_grain_library)";
+}
+
 }  // namespace
 
 std::string resolve_plugin_path(const std::string& dir, const std::string& name) {
@@ -88,6 +162,8 @@ LoadResult load_plugin(const std::string& name, const std::string& path, const c
   result.path = path;
   std::string symbol;
   if (result.error = check_abi_symbol(path, symbol); !result.error.empty()) return result;
+
+  if (result.error = trial_load(path); !result.error.empty()) return result;
 
   std::shared_ptr<dll::shared_library> lib;
   try {

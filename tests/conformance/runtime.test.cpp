@@ -1,1 +1,354 @@
-#include <catch2/catch.hpp>
+// Conformance: the single-silo grain runtime keeps the guarantees docs/ARCHITECTURE.md promises, observed
+// through real grains in a real plugin (tests/plugins/testgrains.*).
+
+#include <set>
+
+#include "fixture.hpp"
+
+using namespace std::chrono_literals;
+using silo::StatusCode;
+using silo::detail::Caller;
+using conformance::Silo;
+using conformance::work;
+
+namespace {
+using Clock = std::chrono::steady_clock;
+std::int64_t ms_since(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
+}
+}  // namespace
+
+TEST_CASE("the first call activates the grain, on_activate runs before any method", "[conformance]") {
+  Silo silo;
+  const auto reply = silo.run([&](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::RecorderRef(&c, "first").Work(work(0));
+  });
+  CHECK(reply.activated_first());
+  CHECK(reply.calls() == 1);
+  CHECK(silo.probe("activations:test.Recorder/first") == 1);
+}
+
+TEST_CASE("1,000 concurrent first calls to one id make exactly one activation", "[conformance]") {
+  Silo silo;
+  std::vector<std::future<test::WorkReply>> calls;
+  for (int i = 0; i < 1000; ++i) {
+    calls.push_back(silo.spawn(
+        [](Caller& c) -> silo::Task<test::WorkReply> {
+          co_return co_await test::RecorderRef(&c, "crowd").Work(work(0));
+        },
+        i));
+  }
+  for (auto& f : calls) REQUIRE(f.get().activated_first());
+  CHECK(silo.probe("activations:test.Recorder/crowd") == 1);
+  CHECK(silo.rt->activation_count() == 2);  // the recorder and the probe
+}
+
+TEST_CASE("a non-reentrant grain never overlaps two requests, even across awaits", "[conformance]") {
+  Silo silo;
+  std::vector<std::future<test::WorkReply>> calls;
+  for (int i = 0; i < 40; ++i) {
+    calls.push_back(silo.spawn(
+        [](Caller& c) -> silo::Task<test::WorkReply> {
+          co_return co_await test::RecorderRef(&c, "serial").Work(work(3));
+        },
+        i));
+  }
+  for (auto& f : calls) f.get();
+  const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
+    co_return co_await test::RecorderRef(&c, "serial").Stats(test::Empty{});
+  });
+  CHECK(stats.calls() == 40);
+  CHECK(stats.max_active() == 1);
+}
+
+TEST_CASE("a reentrant grain interleaves its requests at awaits", "[conformance]") {
+  Silo silo;
+  std::vector<std::future<test::WorkReply>> calls;
+  for (int i = 0; i < 10; ++i) {
+    calls.push_back(silo.spawn(
+        [](Caller& c) -> silo::Task<test::WorkReply> {
+          co_return co_await test::ReentrantRecorderRef(&c, "r").Work(work(50));
+        },
+        i));
+  }
+  for (auto& f : calls) f.get();
+  const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
+    co_return co_await test::ReentrantRecorderRef(&c, "r").Stats(test::Empty{});
+  });
+  CHECK(stats.max_active() > 1);
+}
+
+TEST_CASE("read_only methods interleave with each other but never with writers", "[conformance]") {
+  Silo silo;
+  std::vector<std::future<test::WorkReply>> calls;
+  for (int i = 0; i < 30; ++i) {
+    const bool reader = i % 3 != 0;
+    calls.push_back(silo.spawn(
+        [reader](Caller& c) -> silo::Task<test::WorkReply> {
+          auto ref = test::RecorderRef(&c, "rw");
+          co_return reader ? co_await ref.Read(work(20)) : co_await ref.Work(work(5));
+        },
+        i));
+  }
+  for (auto& f : calls) f.get();
+  const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
+    co_return co_await test::RecorderRef(&c, "rw").Stats(test::Empty{});
+  });
+  CHECK(stats.max_readers() > 1);
+  CHECK(stats.reader_writer_overlap() == 0);
+}
+
+TEST_CASE("always_interleave methods run while another turn is in progress", "[conformance]") {
+  Silo silo;
+  auto slow = silo.spawn([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::RecorderRef(&c, "ai").Work(work(300));
+  });
+  std::this_thread::sleep_for(100ms);  // let the slow turn start (activation takes ~20 ms)
+  const auto start = Clock::now();
+  const auto r = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::RecorderRef(&c, "ai").Interleaved(work(0));
+  });
+  CHECK(r.max_active() == 1);     // the slow turn was in progress
+  CHECK(ms_since(start) < 200);   // and this call did not wait for it
+  slow.get();
+}
+
+TEST_CASE("a stateless worker scales out under load, never beyond max_local", "[conformance]") {
+  Silo silo;
+  std::vector<std::future<test::WorkReply>> calls;
+  for (int i = 0; i < 30; ++i) {
+    calls.push_back(silo.spawn(
+        [](Caller& c) -> silo::Task<test::WorkReply> {
+          co_return co_await test::WorkerRef(&c, "pool").Work(work(30));
+        },
+        i));
+  }
+  std::set<std::int64_t> instances;
+  for (auto& f : calls) instances.insert(f.get().instance());
+  CHECK(instances.size() > 1);
+  CHECK(instances.size() <= 3);
+  CHECK(silo.probe("workers_max") <= 3);
+}
+
+TEST_CASE("timers fire as turns and stop at deactivation", "[conformance]") {
+  Silo silo;
+  silo.run([](Caller& c) -> silo::Task<void> {
+    test::TickRequest t;
+    t.set_period_ms(20);
+    co_await test::RecorderRef(&c, "ticker").StartTimer(t);
+  });
+  // Keep the grain busy meanwhile: ticks must queue behind turns, never overlap them.
+  std::vector<std::future<test::WorkReply>> calls;
+  for (int i = 0; i < 10; ++i) {
+    calls.push_back(silo.spawn([](Caller& c) -> silo::Task<test::WorkReply> {
+      co_return co_await test::RecorderRef(&c, "ticker").Work(work(15));
+    }));
+  }
+  for (auto& f : calls) f.get();
+  REQUIRE(Silo::eventually([&] { return silo.probe("ticks:ticker") >= 5; }));
+  const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
+    co_return co_await test::RecorderRef(&c, "ticker").Stats(test::Empty{});
+  });
+  CHECK(stats.tick_overlap() == 0);
+
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "ticker").Deactivate(test::Empty{}); });
+  REQUIRE(Silo::eventually([&] { return silo.probe("deactivations:test.Recorder/ticker") == 1; }));
+  const auto ticks = silo.probe("ticks:ticker");
+  std::this_thread::sleep_for(150ms);
+  CHECK(silo.probe("ticks:ticker") == ticks);
+  CHECK(silo.probe("ticks_after_deactivate:ticker") == 0);
+}
+
+TEST_CASE("idle activations are collected after collection_age", "[conformance]") {
+  silo::config::GrainsConfig grains;
+  grains.types["test.Recorder"].collection_age = 300ms;
+  silo::runtime::RuntimeOptions options;
+  options.collection_age = std::chrono::hours(1);
+  Silo silo(options, grains);
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "idle").Work(work(0)); });
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::ReentrantRecorderRef(&c, "idle").Work(work(0)); });
+  const auto start = Clock::now();
+  REQUIRE(Silo::eventually([&] { return silo.probe("deactivations:test.Recorder/idle") == 1; }, 3s));
+  CHECK(ms_since(start) >= 250);
+  // The type without the override keeps the 1 h default.
+  CHECK(silo.probe("deactivations:test.ReentrantRecorder/idle") == 0);
+  // A new call activates it again.
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "idle").Work(work(0)); });
+  CHECK(silo.probe("activations:test.Recorder/idle") == 2);
+}
+
+TEST_CASE("an exception reaches the caller with its status and message; the activation keeps serving",
+          "[conformance]") {
+  Silo silo;
+  auto fail = [&](int code, const std::string& message, bool std_exception) {
+    return conformance::expect_error([&] {
+      silo.run([&](Caller& c) -> silo::Task<void> {
+        test::FailRequest req;
+        req.set_code(code);
+        req.set_message(message);
+        req.set_std_exception(std_exception);
+        co_await test::RecorderRef(&c, "thrower").Fail(req);
+      });
+    });
+  };
+  const auto e1 = fail(static_cast<int>(StatusCode::not_found), "no such sensor", false);
+  CHECK(e1.code() == StatusCode::not_found);
+  CHECK(std::string(e1.what()) == "no such sensor");
+  const auto e2 = fail(0, "disk on fire", true);
+  CHECK(e2.code() == StatusCode::unknown);
+  CHECK(std::string(e2.what()) == "disk on fire");
+  const auto ok = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::RecorderRef(&c, "thrower").Work(work(0));
+  });
+  CHECK(ok.calls() == 1);
+  CHECK(silo.probe("activations:test.Recorder/thrower") == 1);
+}
+
+TEST_CASE("on_error: DEACTIVATE deactivates the activation after a failed call", "[conformance]") {
+  Silo silo;
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::FragileRecorderRef(&c, "f").Work(work(0)); });
+  const auto e = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> {
+      test::FailRequest req;
+      req.set_code(static_cast<int>(StatusCode::internal));
+      req.set_message("corrupt");
+      co_await test::FragileRecorderRef(&c, "f").Fail(req);
+    });
+  });
+  CHECK(e.code() == StatusCode::internal);
+  REQUIRE(Silo::eventually([&] { return silo.probe("deactivations:test.FragileRecorder/f") == 1; }));
+  const auto r = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::FragileRecorderRef(&c, "f").Work(work(0));
+  });
+  CHECK(r.calls() == 1);  // a fresh activation
+  CHECK(silo.probe("activations:test.FragileRecorder/f") == 2);
+}
+
+TEST_CASE("a failing on_activate fails the waiting calls and the silo keeps serving", "[conformance]") {
+  Silo silo;
+  const auto e = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> { co_await test::FailsToActivateRef(&c, "x").Work(work(0)); });
+  });
+  CHECK(e.code() == StatusCode::failed_precondition);
+  CHECK(std::string(e.what()).find("activation of test.FailsToActivate/x failed") != std::string::npos);
+  CHECK(silo.rt->activation_count() == 0);
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "after").Work(work(0)); });
+}
+
+TEST_CASE("a call without an answer in time fails with DEADLINE_EXCEEDED and is not resent", "[conformance]") {
+  Silo silo;
+  auto start = Clock::now();
+  // The method's own timeout option (200ms).
+  const auto e = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> { co_await test::TimeoutsRef(&c, "t").Slow(work(600)); });
+  });
+  CHECK(e.code() == StatusCode::deadline_exceeded);
+  CHECK(ms_since(start) >= 190);
+  CHECK(ms_since(start) < 550);
+  // CallOptions override it.
+  start = Clock::now();
+  const auto e2 = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> {
+      co_await test::RecorderRef(&c, "t2").Work(work(400), silo::CallOptions{.timeout = 100ms});
+    });
+  });
+  CHECK(e2.code() == StatusCode::deadline_exceeded);
+  CHECK(ms_since(start) < 350);
+  std::this_thread::sleep_for(700ms);  // the slow turn finishes in the grain meanwhile
+  const auto r = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::TimeoutsRef(&c, "t").Slow(work(0));
+  });
+  CHECK(r.calls() == 2);  // the timed-out call ran exactly once: never resent
+}
+
+TEST_CASE("a call cycle among non-reentrant grains fails fast with an error naming the cycle", "[conformance]") {
+  Silo silo;
+  const auto start = Clock::now();
+  const auto e = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> {
+      test::CycleRequest req;
+      req.add_path("b");
+      req.add_path("a");
+      co_await test::CycleRef(&c, "a").Call(req);
+    });
+  });
+  CHECK(e.code() == StatusCode::aborted);
+  CHECK_THAT(std::string(e.what()),
+             Catch::Contains("deadlock: call cycle test.Cycle/a -> test.Cycle/b -> test.Cycle/a"));
+  CHECK(ms_since(start) < 1000);  // detected, not timed out
+  CHECK(conformance::logged("deadlock refused"));
+  // A longer cycle, and a self-call.
+  const auto e3 = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> {
+      test::CycleRequest req;
+      req.add_path("q");
+      req.add_path("r");
+      req.add_path("p");
+      co_await test::CycleRef(&c, "p").Call(req);
+    });
+  });
+  CHECK_THAT(std::string(e3.what()), Catch::Contains("test.Cycle/p -> test.Cycle/q -> test.Cycle/r -> test.Cycle/p"));
+  // A chain without a cycle works.
+  const auto ok = silo.run([](Caller& c) -> silo::Task<test::CycleReply> {
+    test::CycleRequest req;
+    req.add_path("y");
+    req.add_path("z");
+    co_return co_await test::CycleRef(&c, "x").Call(req);
+  });
+  CHECK(ok.visited_size() == 3);
+}
+
+TEST_CASE("call_chain_reentrancy lets a call that comes back along its chain run", "[conformance]") {
+  Silo silo;
+  const auto r = silo.run([](Caller& c) -> silo::Task<test::CycleReply> {
+    test::CycleRequest req;
+    req.add_path("b");
+    req.add_path("a");
+    co_return co_await test::ChainReentrantRef(&c, "a").Call(req);
+  });
+  REQUIRE(r.visited_size() == 3);
+  CHECK(r.visited(0) == "a");
+  CHECK(r.visited(1) == "b");
+  CHECK(r.visited(2) == "a");
+}
+
+TEST_CASE("a long turn is reported with the grain id and method", "[conformance]") {
+  silo::runtime::RuntimeOptions options;
+  options.turn_warning = 100ms;
+  Silo silo(options);
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "slowpoke").Work(work(0, 300)); });
+  CHECK(conformance::logged("grain test.Recorder/slowpoke: turn test.Recorder/slowpoke.Work took"));
+  CHECK(conformance::logged("has been blocked for"));
+}
+
+TEST_CASE("stopping the runtime deactivates every activation", "[conformance]") {
+  {
+    Silo silo;
+    for (int i = 0; i < 10; ++i) {
+      silo.run([i](Caller& c) -> silo::Task<void> {
+        co_await test::RecorderRef(&c, "stop-" + std::to_string(i)).Work(work(0));
+      });
+    }
+    CHECK(silo.rt->activation_count() == 10);
+  }
+  Silo fresh;  // the plugin stays loaded: its counters survive the first runtime
+  for (int i = 0; i < 10; ++i) {
+    CHECK(fresh.probe("deactivations:test.Recorder/stop-" + std::to_string(i)) == 1);
+  }
+}
+
+TEST_CASE("calls during shutdown that need a new activation fail with UNAVAILABLE", "[conformance]") {
+  Silo silo;
+  auto busy = silo.spawn([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::RecorderRef(&c, "busy").Work(work(300));
+  });
+  std::this_thread::sleep_for(50ms);
+  std::thread stopper([&] { silo.rt->stop(Clock::now() + 5s); });
+  std::this_thread::sleep_for(50ms);
+  const auto e = conformance::expect_error([&] {
+    silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "latecomer").Work(work(0)); });
+  });
+  CHECK(e.code() == StatusCode::unavailable);
+  CHECK(busy.get().calls() == 1);  // the call in flight finished
+  stopper.join();
+}

@@ -1,11 +1,13 @@
+// Registers test.Probe from the same interface library as testgrains: silod must refuse the second
+// registration of a grain type.
 #include <silo/silo.hpp>
 
-#include "dupgrains.silo.h"
+#include "testgrains.silo.h"
 
 namespace {
 class DupProbe final : public test::ProbeGrain {
  public:
-  silo::Task<test::DupReply> Get(const test::DupRequest&) override { co_return test::DupReply{}; }
+  silo::Task<test::ProbeReply> Get(const test::ProbeRequest&) override { co_return test::ProbeReply{}; }
 };
 }  // namespace
 

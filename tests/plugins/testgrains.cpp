@@ -201,11 +201,7 @@ class Timeouts final : public test::TimeoutsGrain {
 
 }  // namespace
 
-#ifndef TESTGRAINS_PLUGIN_NAME
-#define TESTGRAINS_PLUGIN_NAME testgrains
-#endif
-
-SILO_PLUGIN(TESTGRAINS_PLUGIN_NAME) {
+SILO_PLUGIN(testgrains) {
   registry.add<Recorder>();
   registry.add<ReentrantRecorder>();
   registry.add<FragileRecorder>();

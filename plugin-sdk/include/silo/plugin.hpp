@@ -66,6 +66,8 @@ const char* plugin_entry_error(const char* what) noexcept;
 #endif
 #define SILO_PP_CAT2(a, b) a##b
 #define SILO_PP_CAT(a, b) SILO_PP_CAT2(a, b)
+#define SILO_PP_STR2(x) #x
+#define SILO_PP_STR(x) SILO_PP_STR2(x)
 /// The ABI record's symbol carries the ABI version in its name (silo_abi_v1), so silod reads the
 /// version from the symbol table without loading the library.
 #define SILO_ABI_SYMBOL SILO_PP_CAT(silo_abi_v, SILO_PLUGIN_ABI_VERSION)
@@ -76,7 +78,7 @@ const char* plugin_entry_error(const char* what) noexcept;
   extern "C" BOOST_SYMBOL_EXPORT const ::silo::detail::PluginAbi SILO_ABI_SYMBOL;                       \
   extern "C" BOOST_SYMBOL_EXPORT const ::silo::detail::PluginAbi SILO_ABI_SYMBOL = {                    \
       ::silo::detail::plugin_magic, SILO_PLUGIN_ABI_VERSION, sizeof(::silo::detail::PluginAbi),        \
-      __GLIBCXX__, #NAME, SILO_SDK_VERSION, __VERSION__};                                              \
+      __GLIBCXX__, SILO_PP_STR(NAME), SILO_SDK_VERSION, __VERSION__};                                              \
   static void silo_plugin_body_(::silo::PluginRegistry& registry);                                     \
   namespace {                                                                                          \
   const char* silo_plugin_entry_(::silo::PluginRegistry& registry) noexcept {                          \
