@@ -5,8 +5,8 @@
 
 #include <google/protobuf/message.h>
 
-#include "silo/error.hpp"
 #include "silo/detail/context.hpp"
+#include "silo/error.hpp"
 #include "silo/plugin.hpp"
 
 namespace silo {
@@ -15,23 +15,40 @@ Error::~Error() = default;
 
 std::string_view to_string(StatusCode code) noexcept {
   switch (code) {
-    case StatusCode::ok: return "OK";
-    case StatusCode::cancelled: return "CANCELLED";
-    case StatusCode::unknown: return "UNKNOWN";
-    case StatusCode::invalid_argument: return "INVALID_ARGUMENT";
-    case StatusCode::deadline_exceeded: return "DEADLINE_EXCEEDED";
-    case StatusCode::not_found: return "NOT_FOUND";
-    case StatusCode::already_exists: return "ALREADY_EXISTS";
-    case StatusCode::permission_denied: return "PERMISSION_DENIED";
-    case StatusCode::resource_exhausted: return "RESOURCE_EXHAUSTED";
-    case StatusCode::failed_precondition: return "FAILED_PRECONDITION";
-    case StatusCode::aborted: return "ABORTED";
-    case StatusCode::out_of_range: return "OUT_OF_RANGE";
-    case StatusCode::unimplemented: return "UNIMPLEMENTED";
-    case StatusCode::internal: return "INTERNAL";
-    case StatusCode::unavailable: return "UNAVAILABLE";
-    case StatusCode::data_loss: return "DATA_LOSS";
-    case StatusCode::unauthenticated: return "UNAUTHENTICATED";
+    case StatusCode::ok:
+      return "OK";
+    case StatusCode::cancelled:
+      return "CANCELLED";
+    case StatusCode::unknown:
+      return "UNKNOWN";
+    case StatusCode::invalid_argument:
+      return "INVALID_ARGUMENT";
+    case StatusCode::deadline_exceeded:
+      return "DEADLINE_EXCEEDED";
+    case StatusCode::not_found:
+      return "NOT_FOUND";
+    case StatusCode::already_exists:
+      return "ALREADY_EXISTS";
+    case StatusCode::permission_denied:
+      return "PERMISSION_DENIED";
+    case StatusCode::resource_exhausted:
+      return "RESOURCE_EXHAUSTED";
+    case StatusCode::failed_precondition:
+      return "FAILED_PRECONDITION";
+    case StatusCode::aborted:
+      return "ABORTED";
+    case StatusCode::out_of_range:
+      return "OUT_OF_RANGE";
+    case StatusCode::unimplemented:
+      return "UNIMPLEMENTED";
+    case StatusCode::internal:
+      return "INTERNAL";
+    case StatusCode::unavailable:
+      return "UNAVAILABLE";
+    case StatusCode::data_loss:
+      return "DATA_LOSS";
+    case StatusCode::unauthenticated:
+      return "UNAUTHENTICATED";
   }
   return "UNKNOWN";
 }
@@ -40,9 +57,10 @@ namespace detail {
 
 void parse_request(const Invocation& inv, google::protobuf::Message& out) {
   if (!out.ParseFromArray(inv.request_bytes.data(), static_cast<int>(inv.request_bytes.size()))) {
-    throw Error(StatusCode::invalid_argument,
-                std::string("cannot parse the request of ") + inv.method->type->name + "/" + inv.method->name +
-                    " as " + out.GetTypeName() + " (" + std::to_string(inv.request_bytes.size()) + " bytes)");
+    throw Error(StatusCode::invalid_argument, std::string("cannot parse the request of ") +
+                                                  inv.method->type->name + "/" + inv.method->name + " as " +
+                                                  out.GetTypeName() + " (" +
+                                                  std::to_string(inv.request_bytes.size()) + " bytes)");
   }
 }
 

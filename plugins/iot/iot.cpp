@@ -49,7 +49,9 @@ class Home final : public iot::HomeGrain {
     co_return co_await summary();
   }
 
-  silo::Task<iot::HomeSummary> GetSummary(const iot::HomeSummaryRequest&) override { co_return co_await summary(); }
+  silo::Task<iot::HomeSummary> GetSummary(const iot::HomeSummaryRequest&) override {
+    co_return co_await summary();
+  }
 
  private:
   silo::Task<iot::HomeSummary> summary() {

@@ -2,10 +2,10 @@
 
 #include <csignal>
 
-#include <silo/asio.hpp>
+#include <spdlog/spdlog.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <spdlog/spdlog.h>
+#include <silo/asio.hpp>
 
 #include "app/logging.hpp"
 #include "app/sd_notify.hpp"
@@ -68,8 +68,8 @@ void Daemon::reload_logging() {
   }
   try {
     setup_logging(cfg_.logging);
-    spdlog::info("SIGHUP: log reopened ({}), level {}", cfg_.logging.file.empty() ? "stderr" : cfg_.logging.file,
-                 cfg_.logging.level);
+    spdlog::info("SIGHUP: log reopened ({}), level {}",
+                 cfg_.logging.file.empty() ? "stderr" : cfg_.logging.file, cfg_.logging.level);
   } catch (const std::exception& e) {
     spdlog::error("SIGHUP: {}", e.what());
   }

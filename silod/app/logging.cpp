@@ -1,5 +1,6 @@
 #include "app/logging.hpp"
 
+#include <filesystem>
 #include <memory>
 #include <stdexcept>
 
@@ -18,11 +19,21 @@ class json_message_flag final : public spdlog::custom_flag_formatter {
   void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
     for (char c : msg.payload) {
       switch (c) {
-        case '"': dest.append(std::string_view("\\\"")); break;
-        case '\\': dest.append(std::string_view("\\\\")); break;
-        case '\n': dest.append(std::string_view("\\n")); break;
-        case '\r': dest.append(std::string_view("\\r")); break;
-        case '\t': dest.append(std::string_view("\\t")); break;
+        case '"':
+          dest.append(std::string_view("\\\""));
+          break;
+        case '\\':
+          dest.append(std::string_view("\\\\"));
+          break;
+        case '\n':
+          dest.append(std::string_view("\\n"));
+          break;
+        case '\r':
+          dest.append(std::string_view("\\r"));
+          break;
+        case '\t':
+          dest.append(std::string_view("\\t"));
+          break;
         default:
           if (static_cast<unsigned char>(c) < 0x20) {
             char buf[8];
@@ -34,7 +45,9 @@ class json_message_flag final : public spdlog::custom_flag_formatter {
       }
     }
   }
-  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<json_message_flag>(); }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<json_message_flag>();
+  }
 };
 
 }  // namespace
@@ -44,6 +57,11 @@ void setup_logging(const config::LoggingConfig& cfg) {
   if (cfg.file.empty()) {
     sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   } else {
+    // spdlog would silently create missing directories: a mistyped path must be an error instead.
+    const auto dir = std::filesystem::path(cfg.file).parent_path();
+    if (!dir.empty() && !std::filesystem::is_directory(dir))
+      throw std::runtime_error("logging.file: cannot open " + cfg.file + ": directory " + dir.string() +
+                               " does not exist; create the directory or fix its permissions");
     try {
       sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.file);
     } catch (const spdlog::spdlog_ex& e) {

@@ -31,10 +31,10 @@ struct ClusterConfig {
 };
 
 struct SiloConfig {
-  std::string name;                             // default: the host name
-  Endpoint listen{"127.0.0.1", 11111};          // silo-to-silo messaging
-  std::optional<std::string> advertise_host;    // address peers use, when listen binds all interfaces
-  unsigned threads = 0;                         // grain worker threads; 0 = number of cores
+  std::string name;                           // default: the host name
+  Endpoint listen{"127.0.0.1", 11111};        // silo-to-silo messaging
+  std::optional<std::string> advertise_host;  // address peers use, when listen binds all interfaces
+  unsigned threads = 0;                       // grain worker threads; 0 = number of cores
   duration shutdown_timeout = std::chrono::seconds(15);
 };
 
@@ -49,9 +49,9 @@ struct MembershipConfig {
   std::string dsn;                 // libpq connection string (postgres); empty = PG* environment
   duration probe_interval = std::chrono::milliseconds(500);
   duration probe_timeout = std::chrono::milliseconds(500);
-  unsigned probed_silos = 3;       // ring successors each silo probes
-  unsigned missed_probes = 3;      // consecutive misses before a suspicion vote
-  unsigned votes_to_kill = 2;      // fresh votes that declare a silo dead
+  unsigned probed_silos = 3;   // ring successors each silo probes
+  unsigned missed_probes = 3;  // consecutive misses before a suspicion vote
+  unsigned votes_to_kill = 2;  // fresh votes that declare a silo dead
   duration vote_expiry = std::chrono::seconds(30);
   duration i_am_alive_interval = std::chrono::seconds(5);
   duration poll_interval = std::chrono::seconds(5);  // fallback when NOTIFY is missed
@@ -66,7 +66,7 @@ struct StorageProviderConfig {
 };
 
 struct PluginsConfig {
-  std::string dir = "plugins";  // relative paths resolve against the config file's directory
+  std::string dir = "plugins";    // relative paths resolve against the config file's directory
   std::vector<std::string> load;  // plugin names (libNAME.so or NAME.so in dir) or paths
   bool required = false;          // true: a plugin that fails to load stops start-up
 };

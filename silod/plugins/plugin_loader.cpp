@@ -13,10 +13,10 @@
 #include <memory>
 #include <stdexcept>
 
-#include <silo/plugin.hpp>
+#include <spdlog/spdlog.h>
 #include <boost/dll/library_info.hpp>
 #include <boost/dll/shared_library.hpp>
-#include <spdlog/spdlog.h>
+#include <silo/plugin.hpp>
 
 #include "runtime/grain_class.hpp"
 #include "runtime/runtime.hpp"
@@ -63,13 +63,14 @@ std::string check_abi_symbol(const std::string& path, std::string& symbol) {
     if (s.rfind(prefix, 0) != 0) continue;
     const std::string version = s.substr(prefix.size());
     if (version != std::to_string(SILO_ABI_VERSION)) {
-      return "built against plugin ABI " + version + ", this silod speaks ABI " + std::to_string(SILO_ABI_VERSION) +
-             "; rebuild the plugin against SDK " SILO_SDK_VERSION;
+      return "built against plugin ABI " + version + ", this silod speaks ABI " +
+             std::to_string(SILO_ABI_VERSION) + "; rebuild the plugin against SDK " SILO_SDK_VERSION;
     }
     symbol = s;
     return {};
   }
-  return "not a silo plugin (no silo_abi_v* symbol); was it built with silo_add_grain_plugin and SILO_PLUGIN()?";
+  return "not a silo plugin (no silo_abi_v* symbol); was it built with silo_add_grain_plugin and "
+         "SILO_PLUGIN()?";
 }
 
 // Loads the library in a forked child first. A library whose static initialisers kill the process (most
@@ -107,7 +108,8 @@ std::string trial_load(const std::string& path) {
       if (n > 0 && output.size() < 65536) output.append(buf, static_cast<std::size_t>(n));
     }
     const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) exited = true;
+    if (r == pid)
+      exited = true;
     else if (std::chrono::steady_clock::now() > deadline) {
       ::kill(pid, SIGKILL);
       ::waitpid(pid, &status, 0);
@@ -130,8 +132,9 @@ std::string trial_load(const std::string& path) {
     }
     start = end + 1;
   }
-  const std::string how = WIFSIGNALED(status) ? "kills the process (signal " + std::to_string(WTERMSIG(status)) + ")"
-                                              : "fails (exit " + std::to_string(WEXITSTATUS(status)) + ")";
+  const std::string how = WIFSIGNALED(status)
+                              ? "kills the process (signal " + std::to_string(WTERMSIG(status)) + ")"
+                              : "fails (exit " + std::to_string(WEXITSTATUS(status)) + ")";
   return "loading it " + how + (reason.empty() ? "" : ": " + reason) +
          "; two plugins may not compile the same .proto or declare the same proto names: move shared "
          "interfaces into one library (silo_add_grain_library)";
@@ -235,7 +238,8 @@ std::vector<LoadResult> load_plugins(const config::PluginsConfig& cfg, const con
     }
     if (r.ok) {
       std::string types;
-      for (const auto& t : r.grain_types) types += (types.empty() ? "" : ", ") + t;
+      for (const auto& t : r.grain_types)
+        types += (types.empty() ? "" : ", ") + t;
       spdlog::info("plugins: loaded '{}' from {}: {}", r.name, r.path, types);
     } else if (cfg.required) {
       throw std::runtime_error("plugin '" + r.name + "' (" + (r.path.empty() ? cfg.dir : r.path) +
@@ -247,7 +251,8 @@ std::vector<LoadResult> load_plugins(const config::PluginsConfig& cfg, const con
   }
   for (const auto& [type, ignored] : grains.types) {
     if (!rt.find_class(type)) {
-      spdlog::warn("plugins: grains.types.{} is configured but no loaded plugin provides that grain type", type);
+      spdlog::warn("plugins: grains.types.{} is configured but no loaded plugin provides that grain type",
+                   type);
     }
   }
   return results;

@@ -14,8 +14,8 @@ class Runtime;
 namespace silo::plugins {
 
 struct LoadResult {
-  std::string name;   // as listed in plugins.load
-  std::string path;   // the file, when found
+  std::string name;  // as listed in plugins.load
+  std::string path;  // the file, when found
   bool ok = false;
   std::string error;  // why it was refused
   std::vector<std::string> grain_types;

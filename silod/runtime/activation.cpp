@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
@@ -40,7 +40,9 @@ Reply reply_from_exception(std::exception_ptr e) {
 Activation::Activation(Shard& shard, const GrainClass& cls, std::string key)
     : shard_(shard), cls_(cls), key_(std::move(key)), last_active_(Clock::now()) {}
 
-Activation::~Activation() { cancel_all_timers(); }
+Activation::~Activation() {
+  cancel_all_timers();
+}
 
 void Activation::activate() {
   asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
@@ -72,7 +74,8 @@ Task<void> Activation::run_activate() {
 void Activation::fail_queue(StatusCode code, const std::string& why) {
   auto queue = std::move(queue_);
   queue_.clear();
-  for (auto& r : queue) shard_.reply(*r, Reply::failure(code, why));
+  for (auto& r : queue)
+    shard_.reply(*r, Reply::failure(code, why));
 }
 
 bool Activation::is_call_cycle(const Request& r) const {
@@ -107,7 +110,8 @@ void Activation::enqueue(RequestPtr r) {
 bool Activation::can_start(const Request& r) const {
   if (cls_.info->reentrant) return true;
   if (r.kind == Request::Kind::call && r.method->always_interleave) return true;
-  if (r.kind == Request::Kind::call && r.method->read_only) return running_exclusive_ == 0 && running_ == running_read_only_;
+  if (r.kind == Request::Kind::call && r.method->read_only)
+    return running_exclusive_ == 0 && running_ == running_read_only_;
   return running_ == 0;
 }
 
@@ -126,15 +130,18 @@ void Activation::pump() {
 
 void Activation::start_turn(RequestPtr r) {
   ++running_;
-  if (r->kind == Request::Kind::call && r->method->read_only) ++running_read_only_;
-  else if (r->kind == Request::Kind::timer_tick || !r->method->always_interleave) ++running_exclusive_;
+  if (r->kind == Request::Kind::call && r->method->read_only)
+    ++running_read_only_;
+  else if (r->kind == Request::Kind::timer_tick || !r->method->always_interleave)
+    ++running_exclusive_;
   asio::co_spawn(shard_.io(), run_turn(std::move(r)), log_coroutine_failure);
 }
 
 Task<void> Activation::run_turn(RequestPtr r) {
   const auto started = Clock::now();
   const bool read_only = r->kind == Request::Kind::call && r->method->read_only;
-  const bool exclusive = r->kind == Request::Kind::timer_tick || (!read_only && !r->method->always_interleave);
+  const bool exclusive =
+      r->kind == Request::Kind::timer_tick || (!read_only && !r->method->always_interleave);
   Reply reply;
   if (r->kind == Request::Kind::timer_tick) {
     shard_.last_turn_method.store(nullptr, std::memory_order_relaxed);
@@ -160,27 +167,31 @@ Task<void> Activation::run_turn(RequestPtr r) {
       reply.response = std::move(inv.response);
     } catch (...) {
       reply = reply_from_exception(std::current_exception());
-      spdlog::debug("grain {}/{}: {} failed: {} {}", cls_.name(), key_, r->method->name, to_string(reply.code),
-                    reply.error);
+      spdlog::debug("grain {}/{}: {} failed: {} {}", cls_.name(), key_, r->method->name,
+                    to_string(reply.code), reply.error);
     }
   }
   current_ = nullptr;
   --running_;
-  if (read_only) --running_read_only_;
-  else if (exclusive) --running_exclusive_;
+  if (read_only)
+    --running_read_only_;
+  else if (exclusive)
+    --running_exclusive_;
 
   const auto took = Clock::now() - started;
   if (took >= shard_.runtime().options().turn_warning) {
-    spdlog::warn("grain {}/{}: turn {} took {} ms (grains.turn_warning is {} ms): long turns delay every call "
-                 "queued behind them; move blocking work off the grain",
-                 cls_.name(), key_, r->describe(),
-                 std::chrono::duration_cast<std::chrono::milliseconds>(took).count(),
-                 shard_.runtime().options().turn_warning.count());
+    spdlog::warn(
+        "grain {}/{}: turn {} took {} ms (grains.turn_warning is {} ms): long turns delay every call "
+        "queued behind them; move blocking work off the grain",
+        cls_.name(), key_, r->describe(), std::chrono::duration_cast<std::chrono::milliseconds>(took).count(),
+        shard_.runtime().options().turn_warning.count());
   }
   if (r->kind == Request::Kind::timer_tick) {
     auto& t = r->timer;
-    if (!t->cancelled && t->period.count() > 0) arm(t, t->period);
-    else if (!t->cancelled) timers_.erase(t->id);
+    if (!t->cancelled && t->period.count() > 0)
+      arm(t, t->period);
+    else if (!t->cancelled)
+      timers_.erase(t->id);
   } else {
     last_active_ = Clock::now();
     if (reply.code != StatusCode::ok && cls_.info->on_error == OnError::deactivate) {
@@ -216,9 +227,10 @@ Task<void> Activation::run_deactivate() {
   shard_.remove(this, std::move(leftovers));  // destroys *this: nothing may follow
 }
 
-Task<std::unique_ptr<google::protobuf::Message>> Activation::call(const MethodInfo& method, std::string_view key,
-                                                                 const google::protobuf::Message& request,
-                                                                 const CallOptions& options) {
+Task<std::unique_ptr<google::protobuf::Message>> Activation::call(const MethodInfo& method,
+                                                                  std::string_view key,
+                                                                  const google::protobuf::Message& request,
+                                                                  const CallOptions& options) {
   // The chain is what the current turn's caller waits on, plus this grain. Captured before the first
   // suspension: afterwards another turn of a reentrant grain may run.
   CallChain chain;
@@ -270,7 +282,9 @@ void Activation::cancel_all_timers() {
   timers_.clear();
 }
 
-void Activation::deactivate_on_idle() { deactivate_requested_ = true; }
+void Activation::deactivate_on_idle() {
+  deactivate_requested_ = true;
+}
 
 void Activation::log(LogLevel level, std::string_view message) {
   spdlog::log(static_cast<spdlog::level::level_enum>(level), "grain {}/{}: {}", cls_.name(), key_, message);

@@ -46,7 +46,7 @@ struct Request {
   std::string key;
   const MethodInfo* method = nullptr;
   std::unique_ptr<google::protobuf::Message> arg;  // a local caller's request (owned copy)
-  std::string arg_bytes;                            // or its serialized form
+  std::string arg_bytes;                           // or its serialized form
   CallChain chain;
   std::uint32_t reply_shard = 0;
   std::uint64_t call_id = 0;  // 0: nobody waits for the reply (one-way, timer tick)

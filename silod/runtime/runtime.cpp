@@ -3,8 +3,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include "runtime/activation.hpp"
 #include "runtime/shard.hpp"
@@ -17,8 +17,8 @@ class Runtime::ClientCaller final : public detail::Caller {
  public:
   ClientCaller(Runtime& rt, Shard& shard) : rt_(rt), shard_(shard) {}
   Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string_view key,
-                                                       const google::protobuf::Message& request,
-                                                       const CallOptions& options) override {
+                                                        const google::protobuf::Message& request,
+                                                        const CallOptions& options) override {
     return rt_.call(shard_, {}, method, key, request, options);
   }
 
@@ -54,30 +54,37 @@ const GrainClass* Runtime::find_class(std::string_view type_name) const {
 
 std::vector<const GrainClass*> Runtime::classes() const {
   std::vector<const GrainClass*> out;
-  for (const auto& [name, cls] : classes_) out.push_back(cls.get());
+  for (const auto& [name, cls] : classes_)
+    out.push_back(cls.get());
   return out;
 }
 
 void Runtime::start() {
-  for (unsigned i = 0; i < options_.threads; ++i) shards_.push_back(std::make_unique<Shard>(*this, i));
-  for (auto& s : shards_) clients_.push_back(std::make_unique<ClientCaller>(*this, *s));
-  for (auto& s : shards_) s->start();
+  for (unsigned i = 0; i < options_.threads; ++i)
+    shards_.push_back(std::make_unique<Shard>(*this, i));
+  for (auto& s : shards_)
+    clients_.push_back(std::make_unique<ClientCaller>(*this, *s));
+  for (auto& s : shards_)
+    s->start();
   started_ = true;
   watchdog_ = std::thread([this] { watchdog_loop(); });
   spdlog::info("grains: {} worker threads, {} grain types, collection_age {} ms, call_timeout {} ms",
-               options_.threads, classes_.size(), options_.collection_age.count(), options_.call_timeout.count());
+               options_.threads, classes_.size(), options_.collection_age.count(),
+               options_.call_timeout.count());
 }
 
 void Runtime::stop(Clock::time_point deadline) {
   if (!started_ || stopping_.exchange(true)) return;
   spdlog::info("grains: deactivating {} activations", activation_count());
-  for (auto& s : shards_) asio::post(s->io(), [&s = *s] { s.deactivate_all(); });
+  for (auto& s : shards_)
+    asio::post(s->io(), [&s = *s] { s.deactivate_all(); });
   while (activation_count() > 0 && Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   if (const auto left = activation_count(); left > 0) {
-    spdlog::warn("grains: {} activations still busy at the shutdown deadline; their calls fail with UNAVAILABLE",
-                 left);
+    spdlog::warn(
+        "grains: {} activations still busy at the shutdown deadline; their calls fail with UNAVAILABLE",
+        left);
   }
   // Fail whatever still waits, then let each worker drain its queue and stop.
   std::vector<std::shared_ptr<std::promise<void>>> drained;
@@ -89,15 +96,18 @@ void Runtime::stop(Clock::time_point deadline) {
       p->set_value();
     });
   }
-  for (auto& p : drained) p->get_future().wait_until(deadline + std::chrono::seconds(1));
+  for (auto& p : drained)
+    p->get_future().wait_until(deadline + std::chrono::seconds(1));
   {
     std::lock_guard lock(watchdog_mutex_);
     watchdog_stop_ = true;
   }
   watchdog_cv_.notify_all();
   if (watchdog_.joinable()) watchdog_.join();
-  for (auto& s : shards_) s->io().stop();
-  for (auto& s : shards_) s->join();
+  for (auto& s : shards_)
+    s->io().stop();
+  for (auto& s : shards_)
+    s->join();
   spdlog::info("grains: stopped");
 }
 
@@ -106,9 +116,13 @@ Shard& Runtime::shard_for(const GrainClass& cls, std::string_view key) noexcept 
   return *shards_[((h * 0x9E3779B97F4A7C15ull) >> 32) % shards_.size()];
 }
 
-detail::Caller& Runtime::client(unsigned shard) noexcept { return *clients_[shard]; }
+detail::Caller& Runtime::client(unsigned shard) noexcept {
+  return *clients_[shard];
+}
 
-asio::io_context& Runtime::shard_io(unsigned i) noexcept { return shards_[i]->io(); }
+asio::io_context& Runtime::shard_io(unsigned i) noexcept {
+  return shards_[i]->io();
+}
 
 const MethodInfo* Runtime::resolve_method(const GrainClass& cls, const MethodInfo& method) const {
   const auto& methods = cls.info->methods;
@@ -124,9 +138,9 @@ const MethodInfo* Runtime::resolve_method(const GrainClass& cls, const MethodInf
 }
 
 Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, CallChain chain,
-                                                              const MethodInfo& method, std::string_view key,
-                                                              const google::protobuf::Message& arg,
-                                                              const CallOptions& options) {
+                                                               const MethodInfo& method, std::string_view key,
+                                                               const google::protobuf::Message& arg,
+                                                               const CallOptions& options) {
   const GrainClass* cls = find_class(method.type->name);
   if (!cls) {
     throw Error(StatusCode::not_found, std::string("grain type ") + method.type->name +
@@ -171,7 +185,8 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
 
 std::size_t Runtime::activation_count() const {
   std::size_t n = 0;
-  for (const auto& s : shards_) n += s->activation_count();
+  for (const auto& s : shards_)
+    n += s->activation_count();
   return n;
 }
 
@@ -185,7 +200,8 @@ std::unordered_map<std::string, std::size_t> Runtime::activation_counts() {
       s.count_by_type(part);
       p.set_value(std::move(part));
     });
-    for (auto& [type, n] : f.get()) out[type] += n;
+    for (auto& [type, n] : f.get())
+      out[type] += n;
   }
   return out;
 }
@@ -204,9 +220,10 @@ void Runtime::watchdog_loop() {
       if (stalled >= options_.turn_warning) {
         if (!warned[i]) {
           const MethodInfo* m = s.last_turn_method.load(std::memory_order_relaxed);
-          spdlog::warn("grains: worker {} has been blocked for {} ms, last turn started: {}{}{}; a grain is "
-                       "blocking its thread (sleep, blocking I/O, long loop)",
-                       i, stalled.count(), m ? m->type->name : "a timer", m ? "." : "", m ? m->name : "");
+          spdlog::warn(
+              "grains: worker {} has been blocked for {} ms, last turn started: {}{}{}; a grain is "
+              "blocking its thread (sleep, blocking I/O, long loop)",
+              i, stalled.count(), m ? m->type->name : "a timer", m ? "." : "", m ? m->name : "");
           warned[i] = true;
         }
       } else {

@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <boost/asio/io_context.hpp>
 #include <silo/detail/context.hpp>
 
 #include "runtime/message.hpp"
@@ -52,9 +53,10 @@ class Runtime {
   Shard& shard_for(const GrainClass& cls, std::string_view key) noexcept;
 
   /// Calls a grain from `from`'s thread. `chain` is the caller's call chain (empty for clients).
-  Task<std::unique_ptr<google::protobuf::Message>> call(Shard& from, CallChain chain, const MethodInfo& method,
-                                                       std::string_view key, const google::protobuf::Message& arg,
-                                                       const CallOptions& options);
+  Task<std::unique_ptr<google::protobuf::Message>> call(Shard& from, CallChain chain,
+                                                        const MethodInfo& method, std::string_view key,
+                                                        const google::protobuf::Message& arg,
+                                                        const CallOptions& options);
   /// A caller for code that is not a grain (clients, the gateway, tests), bound to one shard.
   detail::Caller& client(unsigned shard) noexcept;
 
@@ -91,11 +93,12 @@ std::future<T> Runtime::spawn(unsigned shard_index, std::function<Task<T>(detail
   auto future = promise->get_future();
   detail::Caller* caller = &client(shard_index);
   boost::asio::co_spawn(
-      shard_io(shard_index),
-      [fn = std::move(fn), caller]() -> Task<T> { co_return co_await fn(*caller); },
+      shard_io(shard_index), [fn = std::move(fn), caller]() -> Task<T> { co_return co_await fn(*caller); },
       [promise](std::exception_ptr e, auto... value) {
-        if (e) promise->set_exception(e);
-        else promise->set_value(std::move(value)...);
+        if (e)
+          promise->set_exception(e);
+        else
+          promise->set_value(std::move(value)...);
       });
   return future;
 }

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
 
 #include "runtime/activation.hpp"
 #include "runtime/runtime.hpp"
@@ -72,9 +72,9 @@ void Shard::deliver(RequestPtr request) {
   }
   if (!target) {
     if (runtime_.stopping()) {
-      reply(*request, Reply::failure(StatusCode::unavailable,
-                                     "silo is shutting down and activates no more grains (" +
-                                         request->describe() + "); retry on another silo"));
+      reply(*request,
+            Reply::failure(StatusCode::unavailable, "silo is shutting down and activates no more grains (" +
+                                                        request->describe() + "); retry on another silo"));
       return;
     }
     if (it == catalog_.end()) it = catalog_.emplace(GrainKey{&cls, request->key}, 0).first;
@@ -154,7 +154,8 @@ void Shard::on_deadline_timer() {
 void Shard::schedule_collection() {
   // Check often enough to collect within ~25% of the shortest collection age.
   auto tick = runtime_.options().collection_age / 4;
-  for (const GrainClass* cls : runtime_.classes()) tick = std::min(tick, cls->collection_age / 4);
+  for (const GrainClass* cls : runtime_.classes())
+    tick = std::min(tick, cls->collection_age / 4);
   tick = std::clamp<std::chrono::milliseconds>(tick, std::chrono::milliseconds(50), std::chrono::seconds(10));
   collection_timer_.expires_after(tick);
   collection_timer_.async_wait([this](boost::system::error_code ec) {
@@ -185,7 +186,8 @@ void Shard::remove(Activation* activation, std::vector<RequestPtr> leftovers) {
     if (pool.empty()) catalog_.erase(it);
   }
   // Requests that arrived while it was deactivating go to a fresh activation (or fail during shutdown).
-  for (auto& r : leftovers) deliver(std::move(r));
+  for (auto& r : leftovers)
+    deliver(std::move(r));
 }
 
 void Shard::deactivate_all() {
@@ -193,19 +195,23 @@ void Shard::deactivate_all() {
   // Collect the pointers first: deactivation may complete synchronously and erase catalog entries.
   std::vector<Activation*> all;
   for (auto& [key, pool] : catalog_)
-    for (auto& a : pool) all.push_back(a.get());
-  for (Activation* a : all) a->request_deactivation();
+    for (auto& a : pool)
+      all.push_back(a.get());
+  for (Activation* a : all)
+    a->request_deactivation();
 }
 
 void Shard::fail_pending(std::string_view why) {
   auto pending = std::move(pending_);
   pending_.clear();
-  for (auto& [id, p] : pending) p->complete(Reply::failure(StatusCode::unavailable, std::string(why)));
+  for (auto& [id, p] : pending)
+    p->complete(Reply::failure(StatusCode::unavailable, std::string(why)));
   deadline_timer_.cancel();
 }
 
 void Shard::count_by_type(std::unordered_map<std::string, std::size_t>& out) const {
-  for (const auto& [key, pool] : catalog_) out[key.cls->name()] += pool.size();
+  for (const auto& [key, pool] : catalog_)
+    out[key.cls->name()] += pool.size();
 }
 
 }  // namespace silo::runtime

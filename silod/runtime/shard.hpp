@@ -13,9 +13,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include <silo/asio.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <silo/asio.hpp>
 
 #include "runtime/message.hpp"
 

@@ -11,9 +11,9 @@
 #include <thread>
 #include <vector>
 
-#include <catch2/catch.hpp>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
+#include <catch2/catch.hpp>
 
 #include "config/config.hpp"
 #include "plugins/plugin_loader.hpp"

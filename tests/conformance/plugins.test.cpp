@@ -49,8 +49,8 @@ TEST_CASE("plugins that are not silo plugins, missing, or duplicate a grain type
           "[conformance][plugins]") {
   conformance::capture_logs();
   silo::runtime::Runtime rt({});
-  const auto results =
-      load_plugins(plugins_config({"testgrains", "notaplugin", "nosuchplugin", "dupgrains", "conflictgrains"}), {}, rt);
+  const auto results = load_plugins(
+      plugins_config({"testgrains", "notaplugin", "nosuchplugin", "dupgrains", "conflictgrains"}), {}, rt);
   REQUIRE(results.size() == 5);
   CHECK(results[0].ok);
   CHECK_THAT(results[1].error, Catch::Contains("not a silo plugin"));

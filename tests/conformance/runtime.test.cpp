@@ -6,10 +6,10 @@
 #include "fixture.hpp"
 
 using namespace std::chrono_literals;
-using silo::StatusCode;
-using silo::detail::Caller;
 using conformance::Silo;
 using conformance::work;
+using silo::StatusCode;
+using silo::detail::Caller;
 
 namespace {
 using Clock = std::chrono::steady_clock;
@@ -38,7 +38,8 @@ TEST_CASE("1,000 concurrent first calls to one id make exactly one activation", 
         },
         i));
   }
-  for (auto& f : calls) REQUIRE(f.get().activated_first());
+  for (auto& f : calls)
+    REQUIRE(f.get().activated_first());
   CHECK(silo.probe("activations:test.Recorder/crowd") == 1);
   CHECK(silo.rt->activation_count() == 2);  // the recorder and the probe
 }
@@ -53,7 +54,8 @@ TEST_CASE("a non-reentrant grain never overlaps two requests, even across awaits
         },
         i));
   }
-  for (auto& f : calls) f.get();
+  for (auto& f : calls)
+    f.get();
   const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
     co_return co_await test::RecorderRef(&c, "serial").Stats(test::Empty{});
   });
@@ -71,7 +73,8 @@ TEST_CASE("a reentrant grain interleaves its requests at awaits", "[conformance]
         },
         i));
   }
-  for (auto& f : calls) f.get();
+  for (auto& f : calls)
+    f.get();
   const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
     co_return co_await test::ReentrantRecorderRef(&c, "r").Stats(test::Empty{});
   });
@@ -90,7 +93,8 @@ TEST_CASE("read_only methods interleave with each other but never with writers",
         },
         i));
   }
-  for (auto& f : calls) f.get();
+  for (auto& f : calls)
+    f.get();
   const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
     co_return co_await test::RecorderRef(&c, "rw").Stats(test::Empty{});
   });
@@ -108,8 +112,8 @@ TEST_CASE("always_interleave methods run while another turn is in progress", "[c
   const auto r = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
     co_return co_await test::RecorderRef(&c, "ai").Interleaved(work(0));
   });
-  CHECK(r.max_active() == 1);     // the slow turn was in progress
-  CHECK(ms_since(start) < 200);   // and this call did not wait for it
+  CHECK(r.max_active() == 1);    // the slow turn was in progress
+  CHECK(ms_since(start) < 200);  // and this call did not wait for it
   slow.get();
 }
 
@@ -124,7 +128,8 @@ TEST_CASE("a stateless worker scales out under load, never beyond max_local", "[
         i));
   }
   std::set<std::int64_t> instances;
-  for (auto& f : calls) instances.insert(f.get().instance());
+  for (auto& f : calls)
+    instances.insert(f.get().instance());
   CHECK(instances.size() > 1);
   CHECK(instances.size() <= 3);
   CHECK(silo.probe("workers_max") <= 3);
@@ -144,14 +149,17 @@ TEST_CASE("timers fire as turns and stop at deactivation", "[conformance]") {
       co_return co_await test::RecorderRef(&c, "ticker").Work(work(15));
     }));
   }
-  for (auto& f : calls) f.get();
+  for (auto& f : calls)
+    f.get();
   REQUIRE(Silo::eventually([&] { return silo.probe("ticks:ticker") >= 5; }));
   const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
     co_return co_await test::RecorderRef(&c, "ticker").Stats(test::Empty{});
   });
   CHECK(stats.tick_overlap() == 0);
 
-  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "ticker").Deactivate(test::Empty{}); });
+  silo.run([](Caller& c) -> silo::Task<void> {
+    co_await test::RecorderRef(&c, "ticker").Deactivate(test::Empty{});
+  });
   REQUIRE(Silo::eventually([&] { return silo.probe("deactivations:test.Recorder/ticker") == 1; }));
   const auto ticks = silo.probe("ticks:ticker");
   std::this_thread::sleep_for(150ms);
@@ -166,7 +174,8 @@ TEST_CASE("idle activations are collected after collection_age", "[conformance]"
   options.collection_age = std::chrono::hours(1);
   Silo silo(options, grains);
   silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "idle").Work(work(0)); });
-  silo.run([](Caller& c) -> silo::Task<void> { co_await test::ReentrantRecorderRef(&c, "idle").Work(work(0)); });
+  silo.run(
+      [](Caller& c) -> silo::Task<void> { co_await test::ReentrantRecorderRef(&c, "idle").Work(work(0)); });
   const auto start = Clock::now();
   REQUIRE(Silo::eventually([&] { return silo.probe("deactivations:test.Recorder/idle") == 1; }, 3s));
   CHECK(ms_since(start) >= 250);
@@ -235,7 +244,8 @@ TEST_CASE("a failing on_activate fails the waiting calls and the silo keeps serv
   silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "after").Work(work(0)); });
 }
 
-TEST_CASE("a call without an answer in time fails with DEADLINE_EXCEEDED and is not resent", "[conformance]") {
+TEST_CASE("a call without an answer in time fails with DEADLINE_EXCEEDED and is not resent",
+          "[conformance]") {
   Silo silo;
   auto start = Clock::now();
   // The method's own timeout option (200ms).
@@ -261,7 +271,8 @@ TEST_CASE("a call without an answer in time fails with DEADLINE_EXCEEDED and is 
   CHECK(r.calls() == 2);  // the timed-out call ran exactly once: never resent
 }
 
-TEST_CASE("a call cycle among non-reentrant grains fails fast with an error naming the cycle", "[conformance]") {
+TEST_CASE("a call cycle among non-reentrant grains fails fast with an error naming the cycle",
+          "[conformance]") {
   Silo silo;
   const auto start = Clock::now();
   const auto e = conformance::expect_error([&] {
@@ -287,7 +298,8 @@ TEST_CASE("a call cycle among non-reentrant grains fails fast with an error nami
       co_await test::CycleRef(&c, "p").Call(req);
     });
   });
-  CHECK_THAT(std::string(e3.what()), Catch::Contains("test.Cycle/p -> test.Cycle/q -> test.Cycle/r -> test.Cycle/p"));
+  CHECK_THAT(std::string(e3.what()),
+             Catch::Contains("test.Cycle/p -> test.Cycle/q -> test.Cycle/r -> test.Cycle/p"));
   // A chain without a cycle works.
   const auto ok = silo.run([](Caller& c) -> silo::Task<test::CycleReply> {
     test::CycleRequest req;
@@ -316,7 +328,8 @@ TEST_CASE("a long turn is reported with the grain id and method", "[conformance]
   silo::runtime::RuntimeOptions options;
   options.turn_warning = 100ms;
   Silo silo(options);
-  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "slowpoke").Work(work(0, 300)); });
+  silo.run(
+      [](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "slowpoke").Work(work(0, 300)); });
   CHECK(conformance::logged("grain test.Recorder/slowpoke: turn test.Recorder/slowpoke.Work took"));
   CHECK(conformance::logged("has been blocked for"));
 }
@@ -346,7 +359,8 @@ TEST_CASE("calls during shutdown that need a new activation fail with UNAVAILABL
   std::thread stopper([&] { silo.rt->stop(Clock::now() + 5s); });
   std::this_thread::sleep_for(50ms);
   const auto e = conformance::expect_error([&] {
-    silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "latecomer").Work(work(0)); });
+    silo.run(
+        [](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "latecomer").Work(work(0)); });
   });
   CHECK(e.code() == StatusCode::unavailable);
   CHECK(busy.get().calls() == 1);  // the call in flight finished

@@ -9,4 +9,6 @@ class ConflictingProbe final : public test::ProbeGrain {
 };
 }  // namespace
 
-SILO_PLUGIN(conflictgrains) { registry.add<ConflictingProbe>(); }
+SILO_PLUGIN(conflictgrains) {
+  registry.add<ConflictingProbe>();
+}

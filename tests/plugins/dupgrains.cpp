@@ -11,4 +11,6 @@ class DupProbe final : public test::ProbeGrain {
 };
 }  // namespace
 
-SILO_PLUGIN(dupgrains) { registry.add<DupProbe>(); }
+SILO_PLUGIN(dupgrains) {
+  registry.add<DupProbe>();
+}

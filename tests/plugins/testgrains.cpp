@@ -55,13 +55,17 @@ class RecorderImpl : public Base {
     co_return;
   }
 
-  silo::Task<test::WorkReply> Work(const test::WorkRequest& req) override { co_return co_await turn(req, false); }
+  silo::Task<test::WorkReply> Work(const test::WorkRequest& req) override {
+    co_return co_await turn(req, false);
+  }
 
  protected:
   silo::Task<test::WorkReply> turn(const test::WorkRequest& req, bool reader) {
     ++active_;
-    if (reader) ++readers_;
-    else ++writers_;
+    if (reader)
+      ++readers_;
+    else
+      ++writers_;
     if (readers_ > 0 && writers_ > 0) stats_.set_reader_writer_overlap(stats_.reader_writer_overlap() + 1);
     stats_.set_max_active(std::max<std::int64_t>(stats_.max_active(), active_));
     stats_.set_max_readers(std::max<std::int64_t>(stats_.max_readers(), readers_));
@@ -69,8 +73,10 @@ class RecorderImpl : public Base {
     co_await sleep_ms(req.sleep_ms());
     stats_.set_calls(stats_.calls() + 1);
     --active_;
-    if (reader) --readers_;
-    else --writers_;
+    if (reader)
+      --readers_;
+    else
+      --writers_;
     test::WorkReply reply;
     reply.set_max_active(stats_.max_active());
     reply.set_calls(stats_.calls());
@@ -85,7 +91,9 @@ class RecorderImpl : public Base {
 
 class Recorder final : public RecorderImpl<test::RecorderGrain> {
  public:
-  silo::Task<test::WorkReply> Read(const test::WorkRequest& req) override { co_return co_await turn(req, true); }
+  silo::Task<test::WorkReply> Read(const test::WorkRequest& req) override {
+    co_return co_await turn(req, true);
+  }
   silo::Task<test::StatsReply> Stats(const test::Empty&) override { co_return stats_; }
   silo::Task<test::WorkReply> Interleaved(const test::WorkRequest& req) override {
     test::WorkReply r;
@@ -172,8 +180,10 @@ class Probe final : public test::ProbeGrain {
  public:
   silo::Task<test::ProbeReply> Get(const test::ProbeRequest& req) override {
     test::ProbeReply r;
-    if (req.name() == "workers_live") r.set_value(workers_live.load());
-    else r.set_value(get(req.name()));
+    if (req.name() == "workers_live")
+      r.set_value(workers_live.load());
+    else
+      r.set_value(get(req.name()));
     co_return r;
   }
 };

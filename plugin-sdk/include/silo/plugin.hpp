@@ -74,23 +74,28 @@ const char* plugin_entry_error(const char* what) noexcept;
 
 /// Declares the plugin `NAME` and opens the body of its registration function, which receives
 /// `silo::PluginRegistry& registry`. Exceptions thrown in the body are reported by silod, not propagated.
-#define SILO_PLUGIN(NAME)                                                                              \
-  extern "C" BOOST_SYMBOL_EXPORT const ::silo::detail::PluginAbi SILO_ABI_SYMBOL;                       \
-  extern "C" BOOST_SYMBOL_EXPORT const ::silo::detail::PluginAbi SILO_ABI_SYMBOL = {                    \
-      ::silo::detail::plugin_magic, SILO_PLUGIN_ABI_VERSION, sizeof(::silo::detail::PluginAbi),        \
-      __GLIBCXX__, SILO_PP_STR(NAME), SILO_SDK_VERSION, __VERSION__};                                              \
-  static void silo_plugin_body_(::silo::PluginRegistry& registry);                                     \
-  namespace {                                                                                          \
-  const char* silo_plugin_entry_(::silo::PluginRegistry& registry) noexcept {                          \
-    try {                                                                                              \
-      silo_plugin_body_(registry);                                                                     \
-      return nullptr;                                                                                  \
-    } catch (const std::exception& e) {                                                                \
-      return ::silo::detail::plugin_entry_error(e.what());                                             \
-    } catch (...) {                                                                                    \
-      return ::silo::detail::plugin_entry_error("unknown exception");                                  \
-    }                                                                                                  \
-  }                                                                                                    \
-  }                                                                                                    \
-  BOOST_DLL_ALIAS(silo_plugin_entry_, silo_plugin_entry)                                               \
+#define SILO_PLUGIN(NAME)                                                            \
+  extern "C" BOOST_SYMBOL_EXPORT const ::silo::detail::PluginAbi SILO_ABI_SYMBOL;    \
+  extern "C" BOOST_SYMBOL_EXPORT const ::silo::detail::PluginAbi SILO_ABI_SYMBOL = { \
+      ::silo::detail::plugin_magic,                                                  \
+      SILO_PLUGIN_ABI_VERSION,                                                       \
+      sizeof(::silo::detail::PluginAbi),                                             \
+      __GLIBCXX__,                                                                   \
+      SILO_PP_STR(NAME),                                                             \
+      SILO_SDK_VERSION,                                                              \
+      __VERSION__};                                                                  \
+  static void silo_plugin_body_(::silo::PluginRegistry& registry);                   \
+  namespace {                                                                        \
+  const char* silo_plugin_entry_(::silo::PluginRegistry& registry) noexcept {        \
+    try {                                                                            \
+      silo_plugin_body_(registry);                                                   \
+      return nullptr;                                                                \
+    } catch (const std::exception& e) {                                              \
+      return ::silo::detail::plugin_entry_error(e.what());                           \
+    } catch (...) {                                                                  \
+      return ::silo::detail::plugin_entry_error("unknown exception");                \
+    }                                                                                \
+  }                                                                                  \
+  }                                                                                  \
+  BOOST_DLL_ALIAS(silo_plugin_entry_, silo_plugin_entry)                             \
   static void silo_plugin_body_(::silo::PluginRegistry& registry)
