@@ -45,6 +45,13 @@ function(silo_generate_grain_code out_var)
     string(REGEX REPLACE "\\.proto$" "" stem ${rel})
     set(outs ${SILO_GEN_DIR}/${stem}.pb.cc ${SILO_GEN_DIR}/${stem}.pb.h
              ${SILO_GEN_DIR}/${stem}.silo.cc ${SILO_GEN_DIR}/${stem}.silo.h)
+    list(APPEND generated ${SILO_GEN_DIR}/${stem}.pb.cc ${SILO_GEN_DIR}/${stem}.silo.cc)
+    # A plugin and a client in one directory may both need the code: one rule per directory and file.
+    get_property(done DIRECTORY PROPERTY SILO_GENERATED_${stem})
+    if(done)
+      continue()
+    endif()
+    set_property(DIRECTORY PROPERTY SILO_GENERATED_${stem} TRUE)
     add_custom_command(
       OUTPUT ${outs}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${SILO_GEN_DIR}
@@ -53,7 +60,6 @@ function(silo_generate_grain_code out_var)
       DEPENDS ${abs} ${SILO_PROTOC_GEN_SILO_DEPENDS}
       COMMENT "protoc + protoc-gen-silo ${rel}"
       VERBATIM)
-    list(APPEND generated ${SILO_GEN_DIR}/${stem}.pb.cc ${SILO_GEN_DIR}/${stem}.silo.cc)
   endforeach()
   set(${out_var} ${generated} PARENT_SCOPE)
 endfunction()

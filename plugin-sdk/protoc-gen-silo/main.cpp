@@ -124,7 +124,9 @@ class Generator final : public pb::compiler::CodeGenerator {
     for (int m = 0; m < s->method_count(); ++m) {
       const auto* md = s->method(m);
       p.Print(
-          "  ::silo::Task<$out$> $method$(const $in$& request, ::silo::CallOptions options = {}) const;\n",
+          "  ::silo::Task<$out$> $method$(const $in$& request, const ::silo::CallOptions& options = {}) "
+          "const;\n"
+          "  ::silo::Task<$out$> $method$($in$&& request, const ::silo::CallOptions& options = {}) const;\n",
           "out", cpp_class(md->output_type()), "in", cpp_class(md->input_type()), "method", md->name());
     }
     p.Print("};\n\n");
@@ -198,10 +200,14 @@ class Generator final : public pb::compiler::CodeGenerator {
     for (int m = 0; m < s->method_count(); ++m) {
       const auto* md = s->method(m);
       p.Print(
-          "::silo::Task<$out$> $n$Ref::$method$(const $in$& request, ::silo::CallOptions options) const {\n"
-          "  auto response = co_await invoke($n$Grain::static_grain_type().methods[$idx$], request, "
-          "options);\n"
-          "  co_return std::move(static_cast<$out$&>(*response));\n}\n\n",
+          "::silo::Task<$out$> $n$Ref::$method$(const $in$& request, const ::silo::CallOptions& options) "
+          "const {\n"
+          "  return call_as<$out$>($n$Grain::static_grain_type().methods[$idx$], "
+          "std::make_unique<$in$>(request),\n"
+          "                        options);\n}\n\n"
+          "::silo::Task<$out$> $n$Ref::$method$($in$&& request, const ::silo::CallOptions& options) const {\n"
+          "  return call_as<$out$>($n$Grain::static_grain_type().methods[$idx$],\n"
+          "                        std::make_unique<$in$>(std::move(request)), options);\n}\n\n",
           "out", cpp_class(md->output_type()), "in", cpp_class(md->input_type()), "n", n, "method",
           md->name(), "idx", std::to_string(m));
     }

@@ -9,6 +9,7 @@
 
 #include "app/logging.hpp"
 #include "app/sd_notify.hpp"
+#include "gateway/gateway.hpp"
 #include "plugins/plugin_loader.hpp"
 #include "runtime/runtime.hpp"
 
@@ -54,6 +55,7 @@ Daemon::Daemon(config::Config cfg)
     : cfg_(std::move(cfg)), runtime_(std::make_unique<runtime::Runtime>(runtime_options(cfg_))) {
   components_.push_back(std::make_unique<PluginsComponent>(cfg_, *runtime_));
   components_.push_back(std::make_unique<GrainsComponent>(*runtime_));
+  if (cfg_.gateway.enabled) components_.push_back(std::make_unique<gateway::GatewayServer>(cfg_, *runtime_));
 }
 
 Daemon::~Daemon() = default;

@@ -227,10 +227,9 @@ Task<void> Activation::run_deactivate() {
   shard_.remove(this, std::move(leftovers));  // destroys *this: nothing may follow
 }
 
-Task<std::unique_ptr<google::protobuf::Message>> Activation::call(const MethodInfo& method,
-                                                                  std::string_view key,
-                                                                  const google::protobuf::Message& request,
-                                                                  const CallOptions& options) {
+Task<std::unique_ptr<google::protobuf::Message>> Activation::call(
+    const MethodInfo& method, std::string key, std::unique_ptr<google::protobuf::Message> request,
+    CallOptions options) {
   // The chain is what the current turn's caller waits on, plus this grain. Captured before the first
   // suspension: afterwards another turn of a reentrant grain may run.
   CallChain chain;
@@ -239,7 +238,8 @@ Task<std::unique_ptr<google::protobuf::Message>> Activation::call(const MethodIn
     chain.push_back(ChainLink{&cls_, key_});
   }
   const Request* turn = current_;
-  auto response = co_await shard_.runtime().call(shard_, std::move(chain), method, key, request, options);
+  auto response = co_await shard_.runtime().call(shard_, std::move(chain), method, std::move(key),
+                                                 std::move(request), options);
   current_ = turn;  // this turn's code runs again
   co_return response;
 }

@@ -56,9 +56,9 @@ class Activation final : public detail::ActivationContext {
   // detail::ActivationContext
   const std::string& key() const override { return key_; }
   const GrainTypeInfo& type() const override { return *cls_.info; }
-  Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string_view key,
-                                                        const google::protobuf::Message& request,
-                                                        const CallOptions& options) override;
+  Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string key,
+                                                        std::unique_ptr<google::protobuf::Message> request,
+                                                        CallOptions options) override;
   std::uint64_t register_timer(std::function<Task<void>()> callback, std::chrono::milliseconds due,
                                std::chrono::milliseconds period) override;
   void cancel_timer(std::uint64_t id) override;

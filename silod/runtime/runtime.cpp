@@ -16,10 +16,10 @@ namespace asio = boost::asio;
 class Runtime::ClientCaller final : public detail::Caller {
  public:
   ClientCaller(Runtime& rt, Shard& shard) : rt_(rt), shard_(shard) {}
-  Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string_view key,
-                                                        const google::protobuf::Message& request,
-                                                        const CallOptions& options) override {
-    return rt_.call(shard_, {}, method, key, request, options);
+  Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method, std::string key,
+                                                        std::unique_ptr<google::protobuf::Message> request,
+                                                        CallOptions options) override {
+    return rt_.call(shard_, {}, method, std::move(key), std::move(request), options);
   }
 
  private:
@@ -138,9 +138,9 @@ const MethodInfo* Runtime::resolve_method(const GrainClass& cls, const MethodInf
 }
 
 Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, CallChain chain,
-                                                               const MethodInfo& method, std::string_view key,
-                                                               const google::protobuf::Message& arg,
-                                                               const CallOptions& options) {
+                                                               const MethodInfo& method, std::string key,
+                                                               std::unique_ptr<google::protobuf::Message> arg,
+                                                               CallOptions options) {
   const GrainClass* cls = find_class(method.type->name);
   if (!cls) {
     throw Error(StatusCode::not_found, std::string("grain type ") + method.type->name +
@@ -156,13 +156,12 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
   }
   auto r = std::make_unique<Request>();
   r->cls = cls;
-  r->key.assign(key);
+  r->key = std::move(key);
   r->method = m;
-  r->arg.reset(arg.New());
-  r->arg->CopyFrom(arg);
+  r->arg = std::move(arg);
   r->chain = std::move(chain);
   if (options.one_way || m->one_way) {
-    Shard& target = shard_for(*cls, key);
+    Shard& target = shard_for(*cls, r->key);
     asio::post(target.io(), [&target, r = std::move(r)]() mutable { target.deliver(std::move(r)); });
     co_return std::unique_ptr<google::protobuf::Message>(m->response_prototype->New());
   }

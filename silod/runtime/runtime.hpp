@@ -52,11 +52,12 @@ class Runtime {
   Shard& shard(unsigned i) noexcept { return *shards_[i]; }
   Shard& shard_for(const GrainClass& cls, std::string_view key) noexcept;
 
-  /// Calls a grain from `from`'s thread. `chain` is the caller's call chain (empty for clients).
+  /// Calls a grain from `from`'s thread, taking ownership of the request. `chain` is the caller's call
+  /// chain (empty for clients).
   Task<std::unique_ptr<google::protobuf::Message>> call(Shard& from, CallChain chain,
-                                                        const MethodInfo& method, std::string_view key,
-                                                        const google::protobuf::Message& arg,
-                                                        const CallOptions& options);
+                                                        const MethodInfo& method, std::string key,
+                                                        std::unique_ptr<google::protobuf::Message> arg,
+                                                        CallOptions options);
   /// A caller for code that is not a grain (clients, the gateway, tests), bound to one shard.
   detail::Caller& client(unsigned shard) noexcept;
 

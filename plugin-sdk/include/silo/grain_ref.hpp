@@ -19,13 +19,23 @@ class GrainRef {
   const std::string& key() const noexcept { return key_; }
 
  protected:
-  Task<std::unique_ptr<google::protobuf::Message>> invoke(const MethodInfo& method,
-                                                          const google::protobuf::Message& request,
-                                                          const CallOptions& options) const {
-    return caller_->call(method, key_, request, options);
+  /// Used by generated methods. Not a coroutine itself: everything the call needs is moved into the
+  /// coroutine's frame before it returns, so the Task stays valid after the ref and the request are gone
+  /// (`client.spawn(client.ref<R>("k").Method(Req{}))` is safe).
+  template <class Response>
+  Task<Response> call_as(const MethodInfo& method, std::unique_ptr<google::protobuf::Message> request,
+                         const CallOptions& options) const {
+    return run<Response>(caller_, key_, method, std::move(request), options);
   }
 
  private:
+  template <class Response>
+  static Task<Response> run(detail::Caller* caller, std::string key, const MethodInfo& method,
+                            std::unique_ptr<google::protobuf::Message> request, CallOptions options) {
+    auto response = co_await caller->call(method, std::move(key), std::move(request), options);
+    co_return std::move(static_cast<Response&>(*response));
+  }
+
   detail::Caller* caller_;
   std::string key_;
 };

@@ -27,12 +27,11 @@ namespace detail {
 /// by the client library.
 class Caller {
  public:
-  /// Calls `method` of grain (method.type, key). The result is a message of the method's response type
-  /// (a default instance for one-way calls). Failures throw silo::Error.
-  virtual Task<std::unique_ptr<google::protobuf::Message>> call(const MethodInfo& method,
-                                                                std::string_view key,
-                                                                const google::protobuf::Message& request,
-                                                                const CallOptions& options) = 0;
+  /// Calls `method` of grain (method.type, key), taking ownership of the request. The result is a message
+  /// of the method's response type (a default instance for one-way calls). Failures throw silo::Error.
+  virtual Task<std::unique_ptr<google::protobuf::Message>> call(
+      const MethodInfo& method, std::string key, std::unique_ptr<google::protobuf::Message> request,
+      CallOptions options) = 0;
 
  protected:
   ~Caller() = default;

@@ -1,0 +1,362 @@
+// silo::Client: one batched bidirectional stream per gateway (silo.gateway.Gateway/Connect), correlation ids,
+// client-side deadlines, and failover to the next gateway of the list.
+
+#include "silo/client.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <google/protobuf/message.h>
+#include <grpcpp/grpcpp.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "silo/gateway.grpc.pb.h"
+
+namespace silo {
+
+namespace asio = boost::asio;
+namespace gw = silo::gateway;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Reply {
+  StatusCode code = StatusCode::ok;
+  std::string error;
+  std::string payload;
+};
+
+// A caller waiting for its reply; complete() runs on the client's executor.
+struct Waiter {
+  virtual ~Waiter() = default;
+  virtual void complete(Reply reply) = 0;
+};
+
+struct PendingCall {
+  std::unique_ptr<Waiter> waiter;
+  gw::Call call;  // kept to resend it when the stream failed before any gateway accepted it
+  Clock::time_point deadline;
+  unsigned attempts = 1;
+};
+
+}  // namespace
+
+struct Client::Impl {
+  class Connection;
+
+  explicit Impl(ClientOptions o) : options(std::move(o)) {}
+
+  void send(PendingCall pending);
+  void fail(PendingCall pending, StatusCode code, std::string message) {
+    auto waiter = std::move(pending.waiter);
+    if (!waiter) return;
+    asio::post(io, [w = std::move(waiter), code, message = std::move(message)]() mutable {
+      w->complete(Reply{code, std::move(message), {}});
+    });
+  }
+  void sweep_deadlines();
+  void connection_done(Connection* c);
+
+  ClientOptions options;
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::vector<std::thread> threads;
+  asio::steady_timer sweep_timer{io};
+
+  std::mutex mutex;  // guards the members below
+  std::shared_ptr<Connection> current;
+  std::vector<std::shared_ptr<Connection>> live;  // every connection not yet done
+  std::size_t next_gateway = 0;
+  bool closing = false;
+  std::condition_variable all_done;
+
+  std::atomic<std::uint64_t> next_id{1};
+};
+
+class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::ClientFrame, gw::ServerFrame> {
+ public:
+  Connection(Impl& impl, std::string target) : impl_(impl), target_(std::move(target)) {
+    grpc::ChannelArguments args;
+    const int max = static_cast<int>(std::min<std::size_t>(impl.options.max_message_size, INT32_MAX));
+    args.SetMaxReceiveMessageSize(max);
+    args.SetMaxSendMessageSize(max);
+    channel_ = grpc::CreateCustomChannel(target_, grpc::InsecureChannelCredentials(), args);
+    stub_ = gw::Gateway::NewStub(channel_);
+  }
+
+  void start() {
+    stub_->async()->Connect(&ctx_, this);
+    StartRead(&in_);
+    StartCall();
+  }
+
+  const std::string& target() const { return target_; }
+
+  /// Queues a call; false when this connection no longer takes calls.
+  bool send(PendingCall& pending) {
+    std::lock_guard lock(mutex_);
+    if (dead_ || draining_) return false;
+    const std::uint64_t id = pending.call.id();
+    *batch_.add_calls() = pending.call;
+    if (pending.waiter) {
+      if (established_) pending.call.Clear();  // accepted already: never resent, keep no copy
+      pending_.emplace(id, std::move(pending));
+    }
+    flush_locked();
+    return true;
+  }
+
+  bool usable() {
+    std::lock_guard lock(mutex_);
+    return !dead_ && !draining_;
+  }
+
+  /// Fails the calls whose deadline passed.
+  void expire(Clock::time_point now) {
+    std::vector<PendingCall> expired;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        if (it->second.deadline <= now) {
+          expired.push_back(std::move(it->second));
+          it = pending_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      maybe_close_locked();
+    }
+    for (auto& p : expired) {
+      impl_.fail(
+          std::move(p), StatusCode::deadline_exceeded,
+          "no answer from gateway " + target_ + " before the call's deadline; the call was not resent");
+    }
+  }
+
+  void cancel() { ctx_.TryCancel(); }
+
+  void OnReadInitialMetadataDone(bool ok) override {
+    if (!ok) return;
+    std::lock_guard lock(mutex_);
+    established_ = true;
+    for (auto& [id, p] : pending_)
+      p.call.Clear();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    std::vector<std::pair<PendingCall, Reply>> done;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& r : *in_.mutable_results()) {
+        auto it = pending_.find(r.id());
+        if (it == pending_.end()) continue;  // timed out already
+        done.emplace_back(std::move(it->second),
+                          Reply{static_cast<StatusCode>(r.code()), std::move(*r.mutable_error()),
+                                std::move(*r.mutable_payload())});
+        pending_.erase(it);
+      }
+      if (in_.draining()) draining_ = true;
+      maybe_close_locked();
+    }
+    for (auto& [p, reply] : done) {
+      asio::post(impl_.io,
+                 [w = std::move(p.waiter), r = std::move(reply)]() mutable { w->complete(std::move(r)); });
+    }
+    in_.Clear();
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    writing_ = false;
+    if (ok) flush_locked();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::unordered_map<std::uint64_t, PendingCall> orphans;
+    bool resend = false;
+    {
+      std::lock_guard lock(mutex_);
+      dead_ = true;
+      orphans.swap(pending_);
+      resend = !established_;
+    }
+    for (auto& [id, p] : orphans) {
+      if (resend && p.attempts < impl_.options.gateways.size()) {
+        ++p.attempts;
+        impl_.send(std::move(p));  // never reached a gateway: safe to try the next one
+      } else {
+        impl_.fail(std::move(p), StatusCode::unavailable,
+                   "gateway " + target_ + " failed (" + status.error_message() +
+                       "); the call may or may not have run; retry if it is idempotent");
+      }
+    }
+    impl_.connection_done(this);
+  }
+
+ private:
+  void flush_locked() {
+    if (writing_ || dead_ || batch_.calls_size() == 0) return;
+    writing_ = true;
+    out_.Clear();
+    out_.Swap(&batch_);
+    StartWrite(&out_);
+  }
+
+  // A draining connection closes its side once its last call is answered.
+  void maybe_close_locked() {
+    if (draining_ && pending_.empty() && !writes_done_ && !writing_) {
+      writes_done_ = true;
+      StartWritesDone();
+    }
+  }
+
+  Impl& impl_;
+  std::string target_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<gw::Gateway::Stub> stub_;
+  grpc::ClientContext ctx_;
+  gw::ServerFrame in_;
+  std::mutex mutex_;
+  gw::ClientFrame batch_;  // calls not yet written
+  gw::ClientFrame out_;    // the frame being written
+  std::unordered_map<std::uint64_t, PendingCall> pending_;
+  bool writing_ = false, dead_ = false, draining_ = false, established_ = false, writes_done_ = false;
+};
+
+void Client::Impl::send(PendingCall pending) {
+  for (std::size_t tries = 0; tries <= options.gateways.size(); ++tries) {
+    std::shared_ptr<Connection> conn;
+    {
+      std::lock_guard lock(mutex);
+      if (closing) break;
+      if (!current || !current->usable()) {
+        const std::string& target = options.gateways[next_gateway++ % options.gateways.size()];
+        current = std::make_shared<Connection>(*this, target);
+        live.push_back(current);
+        current->start();
+      }
+      conn = current;
+    }
+    if (conn->send(pending)) return;
+  }
+  fail(std::move(pending), StatusCode::unavailable, "no gateway of the client's list accepts calls");
+}
+
+void Client::Impl::connection_done(Connection* c) {
+  std::lock_guard lock(mutex);
+  if (current.get() == c) current.reset();
+  // The connection is still running its OnDone: destroy it later, on the executor.
+  for (auto it = live.begin(); it != live.end(); ++it) {
+    if (it->get() == c) {
+      asio::post(io, [keep = std::move(*it)] {});
+      live.erase(it);
+      break;
+    }
+  }
+  all_done.notify_all();
+}
+
+void Client::Impl::sweep_deadlines() {
+  const auto now = Clock::now();
+  std::vector<std::shared_ptr<Connection>> conns;
+  {
+    std::lock_guard lock(mutex);
+    conns = live;
+  }
+  for (auto& c : conns)
+    c->expire(now);
+  sweep_timer.expires_after(std::chrono::milliseconds(10));
+  sweep_timer.async_wait([this](boost::system::error_code ec) {
+    if (!ec) sweep_deadlines();
+  });
+}
+
+Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {
+  if (impl_->options.gateways.empty()) {
+    throw Error(StatusCode::invalid_argument, "silo::Client needs at least one gateway (host:port)");
+  }
+  impl_->sweep_deadlines();
+  const unsigned n = std::max(1u, impl_->options.threads);
+  for (unsigned i = 0; i < n; ++i)
+    impl_->threads.emplace_back([this] { impl_->io.run(); });
+}
+
+Client::~Client() {
+  {
+    std::unique_lock lock(impl_->mutex);
+    impl_->closing = true;
+    for (auto& c : impl_->live)
+      c->cancel();
+    impl_->all_done.wait_for(lock, std::chrono::seconds(5), [this] { return impl_->live.empty(); });
+  }
+  asio::post(impl_->io, [this] { impl_->sweep_timer.cancel(); });
+  impl_->work.reset();
+  impl_->io.stop();
+  for (auto& t : impl_->threads)
+    t.join();
+}
+
+boost::asio::any_io_executor Client::executor() const {
+  return impl_->io.get_executor();
+}
+
+std::string Client::current_gateway() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->current ? impl_->current->target() : std::string();
+}
+
+Task<std::unique_ptr<google::protobuf::Message>> Client::call(
+    const MethodInfo& method, std::string key, std::unique_ptr<google::protobuf::Message> request,
+    CallOptions options) {
+  PendingCall pending;
+  gw::Call& c = pending.call;
+  c.set_id(impl_->next_id.fetch_add(1, std::memory_order_relaxed));
+  std::string path = "/";
+  path.append(method.type->name).append("/").append(method.name);
+  c.set_method(std::move(path));
+  c.set_key(std::move(key));
+  request->SerializeToString(c.mutable_payload());
+  std::chrono::milliseconds timeout = options.timeout;
+  if (timeout.count() <= 0) timeout = std::chrono::milliseconds(method.timeout_ms);
+  if (timeout.count() <= 0) timeout = impl_->options.default_timeout;
+  c.set_timeout_ms(static_cast<std::uint32_t>(timeout.count()));
+  const bool one_way = options.one_way || method.one_way;
+  c.set_one_way(one_way);
+  if (one_way) {
+    impl_->send(std::move(pending));
+    co_return std::unique_ptr<google::protobuf::Message>(method.response_prototype->New());
+  }
+  // The gateway answers DEADLINE_EXCEEDED itself; the client's own deadline, a little later, covers a
+  // gateway that does not answer at all.
+  pending.deadline = Clock::now() + timeout + std::chrono::milliseconds(100);
+
+  Reply reply = co_await asio::async_initiate<decltype(asio::use_awaitable), void(Reply)>(
+      [this, &pending](auto handler) {
+        using Handler = decltype(handler);
+        struct Impl final : Waiter {
+          explicit Impl(Handler&& h) : handler(std::move(h)) {}
+          void complete(Reply r) override { std::move(handler)(std::move(r)); }
+          Handler handler;
+        };
+        pending.waiter = std::make_unique<Impl>(std::move(handler));
+        impl_->send(std::move(pending));
+      },
+      asio::use_awaitable);
+  if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
+  std::unique_ptr<google::protobuf::Message> response(method.response_prototype->New());
+  if (!response->ParseFromString(reply.payload)) {
+    throw Error(StatusCode::internal, std::string("cannot parse the response of ") + method.type->name + "/" +
+                                          method.name + " as " + response->GetTypeName());
+  }
+  co_return response;
+}
+
+}  // namespace silo
