@@ -74,6 +74,9 @@ int main(int argc, char* argv[]) {
   try {
     silo::app::Daemon daemon(std::move(cfg));
     return daemon.run();
+  } catch (const silo::config::ConfigError& e) {
+    spdlog::critical("{}", e.what());
+    return 2;
   } catch (const std::exception& e) {
     spdlog::critical("silod: {}", e.what());
     return 1;

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -17,6 +18,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "silo/gateway.grpc.pb.h"
+#include "silo/wire/frames.hpp"
 
 namespace silo {
 
@@ -40,7 +42,7 @@ struct Waiter {
 
 struct PendingCall {
   std::unique_ptr<Waiter> waiter;
-  gw::Call call;  // kept to resend it when the stream failed before any gateway accepted it
+  gw::Call call;  // kept to resend it when no gateway accepted it, or a draining one did not run it
   Clock::time_point deadline;
   unsigned attempts = 1;
 };
@@ -103,9 +105,8 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
     std::lock_guard lock(mutex_);
     if (dead_ || draining_) return false;
     const std::uint64_t id = pending.call.id();
-    *batch_.add_calls() = pending.call;
+    queue_.push_back(pending.call);
     if (pending.waiter) {
-      if (established_) pending.call.Clear();  // accepted already: never resent, keep no copy
       pending_.emplace(id, std::move(pending));
     }
     flush_locked();
@@ -145,18 +146,22 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
     if (!ok) return;
     std::lock_guard lock(mutex_);
     established_ = true;
-    for (auto& [id, p] : pending_)
-      p.call.Clear();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
     std::vector<std::pair<PendingCall, Reply>> done;
+    std::vector<PendingCall> retry;
     {
       std::lock_guard lock(mutex_);
       for (auto& r : *in_.mutable_results()) {
         auto it = pending_.find(r.id());
         if (it == pending_.end()) continue;  // timed out already
+        if (r.retry_elsewhere()) {
+          retry.push_back(std::move(it->second));  // never ran: send it to another gateway
+          pending_.erase(it);
+          continue;
+        }
         done.emplace_back(std::move(it->second),
                           Reply{static_cast<StatusCode>(r.code()), std::move(*r.mutable_error()),
                                 std::move(*r.mutable_payload())});
@@ -164,6 +169,12 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       }
       if (in_.draining()) draining_ = true;
       maybe_close_locked();
+    }
+    for (auto& p : retry) {
+      if (p.attempts++ <= impl_.options.gateways.size())
+        impl_.send(std::move(p));
+      else
+        impl_.fail(std::move(p), StatusCode::unavailable, "every gateway is shutting down; retry later");
     }
     for (auto& [p, reply] : done) {
       asio::post(impl_.io,
@@ -203,10 +214,10 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
 
  private:
   void flush_locked() {
-    if (writing_ || dead_ || batch_.calls_size() == 0) return;
+    if (writing_ || dead_ || queue_.empty()) return;
     writing_ = true;
     out_.Clear();
-    out_.Swap(&batch_);
+    wire::fill_frame(queue_, *out_.mutable_calls(), impl_.options.max_message_size);
     StartWrite(&out_);
   }
 
@@ -225,13 +236,18 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
   grpc::ClientContext ctx_;
   gw::ServerFrame in_;
   std::mutex mutex_;
-  gw::ClientFrame batch_;  // calls not yet written
-  gw::ClientFrame out_;    // the frame being written
+  std::deque<gw::Call> queue_;  // calls not yet written
+  gw::ClientFrame out_;         // the frame being written
   std::unordered_map<std::uint64_t, PendingCall> pending_;
   bool writing_ = false, dead_ = false, draining_ = false, established_ = false, writes_done_ = false;
 };
 
 void Client::Impl::send(PendingCall pending) {
+  if (const auto size = pending.call.ByteSizeLong(); !wire::fits(size, options.max_message_size)) {
+    return fail(std::move(pending), StatusCode::resource_exhausted,
+                "request of " + std::to_string(size) + " bytes exceeds the client's max_message_size (" +
+                    std::to_string(options.max_message_size) + ")");
+  }
   for (std::size_t tries = 0; tries <= options.gateways.size(); ++tries) {
     std::shared_ptr<Connection> conn;
     {

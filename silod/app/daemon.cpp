@@ -9,24 +9,46 @@
 
 #include "app/logging.hpp"
 #include "app/sd_notify.hpp"
+#include "cluster/membership.hpp"
+#include "cluster/router.hpp"
 #include "gateway/gateway.hpp"
+#include "messaging/messenger.hpp"
 #include "plugins/plugin_loader.hpp"
 #include "runtime/runtime.hpp"
+#include "storage/provider.hpp"
 
 namespace silo::app {
 
 namespace {
 
+class StorageComponent final : public Component {
+ public:
+  explicit StorageComponent(storage::Registry& registry) : registry_(registry) {}
+  std::string_view name() const override { return "storage"; }
+  void start() override { registry_.start(); }
+  void stop(Deadline) override { registry_.stop(); }
+
+ private:
+  storage::Registry& registry_;
+};
+
 class PluginsComponent final : public Component {
  public:
-  PluginsComponent(const config::Config& cfg, runtime::Runtime& rt) : cfg_(cfg), rt_(rt) {}
+  PluginsComponent(const config::Config& cfg, runtime::Runtime& rt, const storage::Registry& storage)
+      : cfg_(cfg), rt_(rt), storage_(storage) {}
   std::string_view name() const override { return "plugins"; }
-  void start() override { plugins::load_plugins(cfg_.plugins, cfg_.grains, rt_); }
+  void start() override {
+    plugins::load_plugins(cfg_.plugins, cfg_.grains, rt_);
+    const std::string problem = plugins::check_state_providers(
+        rt_, [this](const std::string& name) { return storage_.find(name) != nullptr; });
+    if (!problem.empty()) throw std::runtime_error(problem);
+  }
   void stop(Deadline) override {}  // libraries stay loaded until exit (see plugin_loader.cpp)
 
  private:
   const config::Config& cfg_;
   runtime::Runtime& rt_;
+  const storage::Registry& storage_;
 };
 
 class GrainsComponent final : public Component {
@@ -34,6 +56,7 @@ class GrainsComponent final : public Component {
   explicit GrainsComponent(runtime::Runtime& rt) : rt_(rt) {}
   std::string_view name() const override { return "grains"; }
   void start() override { rt_.start(); }
+  void prepare_stop(Deadline deadline) override { rt_.drain(deadline); }
   void stop(Deadline deadline) override { rt_.stop(deadline); }
 
  private:
@@ -52,10 +75,69 @@ runtime::RuntimeOptions runtime_options(const config::Config& cfg) {
 }  // namespace
 
 Daemon::Daemon(config::Config cfg)
-    : cfg_(std::move(cfg)), runtime_(std::make_unique<runtime::Runtime>(runtime_options(cfg_))) {
-  components_.push_back(std::make_unique<PluginsComponent>(cfg_, *runtime_));
+    : cfg_(std::move(cfg)),
+      storage_(std::make_unique<storage::Registry>(cfg_.storage, cfg_.cluster.id)),
+      runtime_(std::make_unique<runtime::Runtime>(runtime_options(cfg_))) {
+  runtime_->set_storage(storage_.get());
+  components_.push_back(std::make_unique<StorageComponent>(*storage_));
+  components_.push_back(std::make_unique<PluginsComponent>(cfg_, *runtime_, *storage_));
   components_.push_back(std::make_unique<GrainsComponent>(*runtime_));
-  if (cfg_.gateway.enabled) components_.push_back(std::make_unique<gateway::GatewayServer>(cfg_, *runtime_));
+  cluster::MembershipAgent* membership = nullptr;
+  if (cfg_.membership.provider == "postgres") {
+    // A cluster: silo-to-silo messaging, the directory and placement (router), and the membership agent.
+    const auto& listen = cfg_.silo.listen;
+    const bool wildcard = listen.host == "0.0.0.0" || listen.host == "::" || listen.host.empty();
+    if (wildcard && !cfg_.silo.advertise_host) {
+      throw config::ConfigError(cfg_.source +
+                                ": silo.advertise_host: required when silo.listen binds all "
+                                "interfaces (" +
+                                listen.str() + "): other silos must know where to call");
+    }
+    const auto generation = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    cluster::SiloAddress self{cfg_.silo.advertise_host.value_or(listen.host), listen.port, generation};
+    auto messenger = std::make_unique<messaging::Messenger>(cfg_, self);
+    router_ = std::make_unique<cluster::ClusterRouter>(cfg_, *runtime_, *messenger, self);
+    messenger->set_handlers(router_->handlers());
+    runtime_->set_router(router_.get());
+    std::string gateway;
+    if (cfg_.gateway.enabled) {
+      const auto& g = cfg_.gateway.listen;
+      const bool any = g.host == "0.0.0.0" || g.host == "::" || g.host.empty();
+      gateway = config::Endpoint{any ? self.host : g.host, g.port}.str();
+    }
+    auto agent = std::make_unique<cluster::MembershipAgent>(
+        cfg_, cluster::make_postgres_table(cfg_.membership.dsn, cfg_.cluster.id), *messenger, *runtime_, self,
+        gateway,
+        [router = router_.get()](const cluster::MembershipSnapshot& view) { router->on_view(view); });
+    membership = agent.get();
+    components_.push_back(std::move(messenger));
+    components_.push_back(std::move(agent));
+  }
+  if (cfg_.gateway.enabled) {
+    auto gw = std::make_unique<gateway::GatewayServer>(cfg_, *runtime_);
+    if (membership) {
+      gw->set_cluster_view([membership] {
+        std::vector<gateway::SiloInfo> out;
+        for (const auto& row : membership->view().rows) {
+          gateway::SiloInfo s;
+          s.set_name(row.name);
+          s.set_address(row.address.endpoint());
+          s.set_gateway(row.gateway);
+          s.set_status(cluster::to_string(row.status));
+          s.set_generation(row.address.generation);
+          s.set_activations(row.activations);
+          for (const auto& t : row.grain_types)
+            s.add_grain_types(t);
+          s.set_started_unix_ms(row.start_ms);
+          out.push_back(std::move(s));
+        }
+        return out;
+      });
+    }
+    components_.push_back(std::move(gw));
+  }
 }
 
 Daemon::~Daemon() = default;
@@ -89,6 +171,15 @@ int Daemon::run() {
   sd_notify("STATUS=starting");
   std::vector<Component*> started;
   const auto stop_started = [&](Component::Deadline deadline) {
+    // Two phases, both in reverse start order: first every component drains (clients move away, the
+    // cluster stops placing grains here, grains deactivate) while the others still run; then they stop.
+    for (auto it = started.rbegin(); it != started.rend(); ++it) {
+      try {
+        (*it)->prepare_stop(deadline);
+      } catch (const std::exception& e) {
+        spdlog::error("draining {} failed: {}", (*it)->name(), e.what());
+      }
+    }
     for (auto it = started.rbegin(); it != started.rend(); ++it) {
       spdlog::info("stopping {}", (*it)->name());
       try {

@@ -11,6 +11,12 @@
 namespace silo::runtime {
 class Runtime;
 }
+namespace silo::storage {
+class Registry;
+}
+namespace silo::cluster {
+class ClusterRouter;
+}
 
 namespace silo::app {
 
@@ -25,7 +31,9 @@ class Daemon {
   void reload_logging();
 
   config::Config cfg_;
+  std::unique_ptr<storage::Registry> storage_;
   std::unique_ptr<runtime::Runtime> runtime_;
+  std::unique_ptr<cluster::ClusterRouter> router_;
   std::vector<std::unique_ptr<Component>> components_;
 };
 

@@ -1,6 +1,7 @@
 #include "gateway/gateway.hpp"
 
 #include <chrono>
+#include <deque>
 #include <thread>
 
 #include <grpcpp/generic/async_generic_service.h>
@@ -14,6 +15,7 @@
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
 #include "silo/gateway.grpc.pb.h"
+#include "silo/wire/frames.hpp"
 
 namespace silo::gateway {
 
@@ -195,6 +197,9 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
     // Initial metadata at once: the client takes it as proof that this gateway accepted the stream, and
     // only resends calls elsewhere when a stream failed before that (so they never reached a silo).
     StartSendInitialMetadata();
+    // A client that connects while the gateway drains must hear it at once, or it would keep this
+    // stream (and the shutdown) waiting.
+    if (gw_.draining()) drain();
     StartRead(&in_);
   }
 
@@ -252,9 +257,11 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
       return complete(id, call.one_way(), Reply::failure(StatusCode::invalid_argument, "missing grain key"));
     }
     if (gw_.draining()) {
-      return complete(
-          id, call.one_way(),
-          Reply::failure(StatusCode::unavailable, "silo is shutting down; retry on another gateway"));
+      // Not run: the client resends it to another gateway (retry_elsewhere), so a rolling restart loses
+      // no call.
+      Reply r = Reply::failure(StatusCode::unavailable, "silo is shutting down; retry on another gateway");
+      r.location = "retry";
+      return complete(id, call.one_way(), std::move(r));
     }
     CallOptions options;
     options.timeout = std::chrono::milliseconds(call.timeout_ms());
@@ -268,14 +275,24 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
     std::lock_guard lock(mutex_);
     --outstanding_;
     if (!one_way && !broken_) {
-      auto* result = pending_.add_results();
-      result->set_id(id);
+      gw::Result result;
+      result.set_id(id);
       if (r.code == StatusCode::ok) {
-        r.response->SerializeToString(result->mutable_payload());
+        const std::size_t size = r.response->ByteSizeLong();
+        if (wire::fits(size, gw_.config().gateway.max_message_size)) {
+          r.response->SerializeToString(result.mutable_payload());
+        } else {
+          result.set_code(static_cast<int>(StatusCode::resource_exhausted));
+          result.set_error("response of " + std::to_string(size) +
+                           " bytes exceeds gateway.max_message_size (" +
+                           std::to_string(gw_.config().gateway.max_message_size) + ")");
+        }
       } else {
-        result->set_code(static_cast<int>(r.code));
-        result->set_error(std::move(r.error));
+        result.set_code(static_cast<int>(r.code));
+        result.set_error(std::move(r.error));
+        result.set_retry_elsewhere(r.location == "retry");
       }
+      results_.push_back(std::move(result));
       flush_locked();
     }
     maybe_finish_locked();
@@ -284,10 +301,10 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
   void flush_locked() {
     if (writing_ || broken_ || finished_) return;
     const bool announce = draining_ && !drain_sent_;
-    if (pending_.results_size() == 0 && !announce) return;
+    if (results_.empty() && !announce) return;
     writing_ = true;
     out_.Clear();
-    out_.Swap(&pending_);
+    wire::fill_frame(results_, *out_.mutable_results(), gw_.config().gateway.max_message_size);
     if (announce) {
       out_.set_draining(true);
       drain_sent_ = true;
@@ -300,7 +317,7 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
     if (broken_) {
       finished_ = true;
       Finish(grpc::Status::CANCELLED);
-    } else if (reading_done_ && pending_.results_size() == 0) {
+    } else if (reading_done_ && results_.empty()) {
       finished_ = true;
       Finish(grpc::Status::OK);
     }
@@ -309,8 +326,8 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
   GatewayServer& gw_;
   gw::ClientFrame in_;
   std::mutex mutex_;
-  gw::ServerFrame pending_;  // results not yet written
-  gw::ServerFrame out_;      // the frame being written
+  std::deque<gw::Result> results_;  // not yet written
+  gw::ServerFrame out_;             // the frame being written
   std::int64_t outstanding_ = 0;
   bool writing_ = false, reading_done_ = false, broken_ = false, finished_ = false;
   bool draining_ = false, drain_sent_ = false;
@@ -331,6 +348,13 @@ class AdminService final : public gw::Gateway::CallbackService {
     const auto& cfg = gw_.config();
     out->set_cluster_id(cfg.cluster.id);
     out->set_answered_by(cfg.silo.name);
+    if (gw_.cluster_view()) {
+      for (auto& s : gw_.cluster_view()())
+        *out->add_silos() = std::move(s);
+      auto* reactor = ctx->DefaultReactor();
+      reactor->Finish(grpc::Status::OK);
+      return reactor;
+    }
     auto* silo = out->add_silos();
     silo->set_name(cfg.silo.name);
     silo->set_address(
@@ -436,7 +460,7 @@ void GatewayServer::start() {
                cfg_.gateway.listen.host, port_, routes_.size(), cfg_.gateway.max_message_size);
 }
 
-void GatewayServer::stop(Deadline deadline) {
+void GatewayServer::prepare_stop(Deadline deadline) {
   if (!server_) return;
   draining_.store(true, std::memory_order_release);
   server_->GetHealthCheckService()->SetServingStatus(false);
@@ -455,6 +479,11 @@ void GatewayServer::stop(Deadline deadline) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+}
+
+void GatewayServer::stop(Deadline deadline) {
+  if (!server_) return;
+  if (!draining()) prepare_stop(deadline);
   const auto left = std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline - Clock::now());
   server_->Shutdown(std::chrono::system_clock::now() +
                     std::max(left, std::chrono::system_clock::duration(0)));

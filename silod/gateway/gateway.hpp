@@ -7,15 +7,18 @@
 // gRPC's threads only move bytes: each call is handed to the worker that owns its grain by a post.
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "app/component.hpp"
 #include "config/config.hpp"
 #include "runtime/message.hpp"
+#include "silo/gateway.pb.h"
 
 namespace grpc {
 class Server;
@@ -41,7 +44,13 @@ class GatewayServer final : public app::Component {
   ~GatewayServer() override;
   std::string_view name() const override { return "gateway"; }
   void start() override;
+  void prepare_stop(Deadline deadline) override;
   void stop(Deadline deadline) override;
+  /// The cluster's view for Status (null: this silo alone).
+  void set_cluster_view(std::function<std::vector<gateway::SiloInfo>()> view) {
+    cluster_view_ = std::move(view);
+  }
+  const std::function<std::vector<gateway::SiloInfo>()>& cluster_view() const { return cluster_view_; }
 
   /// The port actually bound (differs from the configured one when that is 0).
   int port() const noexcept { return port_; }
@@ -66,6 +75,7 @@ class GatewayServer final : public app::Component {
   std::atomic<bool> draining_{false};
   std::mutex streams_mutex_;
   std::set<StreamReactor*> streams_;
+  std::function<std::vector<gateway::SiloInfo>()> cluster_view_;
 };
 
 /// Parses "/pkg.Service/Method" into its parts; false when malformed.

@@ -258,4 +258,19 @@ std::vector<LoadResult> load_plugins(const config::PluginsConfig& cfg, const con
   return results;
 }
 
+std::string check_state_providers(const runtime::Runtime& rt,
+                                  const std::function<bool(const std::string&)>& has_provider) {
+  for (const runtime::GrainClass* cls : rt.classes()) {
+    std::unique_ptr<Grain> probe(cls->factory());
+    for (const auto& [provider, name] : detail::GrainAccess::states(*probe)) {
+      if (!has_provider(provider)) {
+        return std::string("grain type ") + cls->name() + " (plugin '" + cls->plugin + "') keeps state '" +
+               name + "' in storage provider '" + provider + "', which is not configured: add storage." +
+               provider + " to the YAML";
+      }
+    }
+  }
+  return {};
+}
+
 }  // namespace silo::plugins

@@ -2,6 +2,7 @@
 // Loads grain plugins (Boost.DLL): checks each library's ABI record from its symbol table before loading
 // it, runs its SILO_PLUGIN registration, and adds its grain classes to the runtime.
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,11 @@ std::string resolve_plugin_path(const std::string& dir, const std::string& name)
 /// Loads one plugin and registers its grain classes. Never throws: failures come back in the result.
 LoadResult load_plugin(const std::string& name, const std::string& path, const config::GrainsConfig& grains,
                        runtime::Runtime& rt);
+
+/// Checks that every PersistentState of every loaded grain type names a configured storage provider
+/// (`has_provider`). Constructs one instance per type to find out. Returns "" or the first problem.
+std::string check_state_providers(const runtime::Runtime& rt,
+                                  const std::function<bool(const std::string&)>& has_provider);
 
 /// Loads every plugin of `cfg.load`, logging one line per plugin. Throws std::runtime_error when a plugin
 /// fails and cfg.required is set.

@@ -5,8 +5,10 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
+#include "runtime/router.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
+#include "storage/provider.hpp"
 
 namespace silo::runtime {
 
@@ -44,8 +46,31 @@ Activation::~Activation() {
   cancel_all_timers();
 }
 
-void Activation::activate() {
-  asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
+void Activation::activate(bool clustered) {
+  if (!clustered) {
+    asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
+    return;
+  }
+  shard_.runtime().router()->register_activation(shard_, cls_, key_, [this](std::string holder) {
+    if (holder.empty()) {
+      registered_ = true;
+      asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
+      return;
+    }
+    // Another silo holds this grain (a concurrent activation won): hand it everything that queued here.
+    spdlog::debug("grain {}/{}: held by silo {}, forwarding {} queued calls", cls_.name(), key_, holder,
+                  queue_.size());
+    state_ = State::gone;
+    std::vector<RequestPtr> queued;
+    for (auto& r : queue_)
+      if (r->kind == Request::Kind::call) queued.push_back(std::move(r));
+    queue_.clear();
+    Shard& shard = shard_;
+    Router* router = shard_.runtime().router();
+    shard.remove(this, {});  // destroys *this
+    for (auto& r : queued)
+      router->forward(shard, std::move(r), holder);
+  });
 }
 
 Task<void> Activation::run_activate() {
@@ -63,6 +88,7 @@ Task<void> Activation::run_activate() {
     fail_queue(r.code, "activation of " + std::string(cls_.name()) + "/" + key_ + " failed: " + r.error);
     grain_.reset();
     state_ = State::gone;
+    if (registered_) shard_.runtime().router()->unregister_activation(cls_, key_);
     shard_.remove(this, {});  // destroys *this
     co_return;
   }
@@ -219,6 +245,7 @@ Task<void> Activation::run_deactivate() {
   }
   grain_.reset();
   state_ = State::gone;
+  if (registered_) shard_.runtime().router()->unregister_activation(cls_, key_);
   spdlog::debug("grain {}/{}: deactivated on worker {}", cls_.name(), key_, shard_.index());
   std::vector<RequestPtr> leftovers;
   for (auto& r : queue_)
@@ -292,6 +319,79 @@ void Activation::log(LogLevel level, std::string_view message) {
 
 bool Activation::log_enabled(LogLevel level) const {
   return spdlog::should_log(static_cast<spdlog::level::level_enum>(level));
+}
+
+namespace {
+
+// Runs one storage operation and resumes the grain on its own worker when the provider completes.
+template <class Start>
+auto storage_op(asio::io_context& io, Start start) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(storage::Outcome)>(
+      [&io, start = std::move(start)](auto handler) mutable {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        start([&io, h](storage::Outcome o) {
+          asio::post(io, [h, o = std::move(o)]() mutable { std::move (*h)(std::move(o)); });
+        });
+      },
+      asio::use_awaitable);
+}
+
+}  // namespace
+
+storage::Provider& Activation::provider(const std::string& name) const {
+  storage::Provider* p = shard_.runtime().storage_provider(name);
+  if (!p) {
+    throw Error(StatusCode::failed_precondition,
+                std::string("grain type ") + cls_.name() + " uses storage provider '" + name +
+                    "', which is not configured under storage: in the silo's YAML");
+  }
+  return *p;
+}
+
+Task<detail::StoredState> Activation::read_state(const std::string& provider_name, const std::string& name) {
+  storage::Provider& p = provider(provider_name);
+  const Request* turn = current_;
+  storage::StateKey key{cls_.name(), key_, name};
+  auto start = [&](storage::Completion done) { p.read(key, std::move(done)); };
+  auto out = co_await storage_op(shard_.io(), std::move(start));
+  current_ = turn;
+  if (!out.ok()) throw Error(out.code, out.error);
+  co_return detail::StoredState{std::move(out.data), out.etag};
+}
+
+Task<std::uint64_t> Activation::write_state(const std::string& provider_name, const std::string& name,
+                                            std::string data, std::uint64_t etag) {
+  storage::Provider& p = provider(provider_name);
+  const Request* turn = current_;
+  storage::StateKey key{cls_.name(), key_, name};
+  auto start = [&](storage::Completion done) { p.write(key, std::move(data), etag, std::move(done)); };
+  auto out = co_await storage_op(shard_.io(), std::move(start));
+  current_ = turn;
+  if (out.code == StatusCode::aborted) {
+    // Someone else wrote this state since we read it: most likely a duplicate activation elsewhere. This
+    // one must not serve stale state any longer.
+    spdlog::warn("grain {}/{}: {}; deactivating this activation", cls_.name(), key_, out.error);
+    deactivate_requested_ = true;
+    throw Error(out.code, out.error + "; this activation was deactivated, retry the call");
+  }
+  if (!out.ok()) throw Error(out.code, out.error);
+  co_return out.etag;
+}
+
+Task<void> Activation::clear_state(const std::string& provider_name, const std::string& name,
+                                   std::uint64_t etag) {
+  storage::Provider& p = provider(provider_name);
+  const Request* turn = current_;
+  storage::StateKey key{cls_.name(), key_, name};
+  auto start = [&](storage::Completion done) { p.clear(key, etag, std::move(done)); };
+  auto out = co_await storage_op(shard_.io(), std::move(start));
+  current_ = turn;
+  if (out.code == StatusCode::aborted) {
+    spdlog::warn("grain {}/{}: {}; deactivating this activation", cls_.name(), key_, out.error);
+    deactivate_requested_ = true;
+    throw Error(out.code, out.error + "; this activation was deactivated, retry the call");
+  }
+  if (!out.ok()) throw Error(out.code, out.error);
 }
 
 }  // namespace silo::runtime

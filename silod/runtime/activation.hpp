@@ -15,6 +15,10 @@
 
 #include "runtime/message.hpp"
 
+namespace silo::storage {
+class Provider;
+}
+
 namespace silo::runtime {
 
 class Shard;
@@ -40,8 +44,9 @@ class Activation final : public detail::ActivationContext {
   Activation(Shard& shard, const GrainClass& cls, std::string key);
   ~Activation();
 
-  /// Starts on_activate(); requests queue until it finishes.
-  void activate();
+  /// Starts the activation: registers it in the directory first when `clustered` (another silo may hold
+  /// the grain: then the queued requests go there), then runs on_activate(); requests queue meanwhile.
+  void activate(bool clustered);
   /// Adds a request to the mailbox and starts whatever may start.
   void enqueue(RequestPtr request);
   /// Deactivates once idle (now, if idle already).
@@ -65,8 +70,13 @@ class Activation final : public detail::ActivationContext {
   void deactivate_on_idle() override;
   void log(LogLevel level, std::string_view message) override;
   bool log_enabled(LogLevel level) const override;
+  Task<detail::StoredState> read_state(const std::string& provider, const std::string& name) override;
+  Task<std::uint64_t> write_state(const std::string& provider, const std::string& name, std::string data,
+                                  std::uint64_t etag) override;
+  Task<void> clear_state(const std::string& provider, const std::string& name, std::uint64_t etag) override;
 
  private:
+  storage::Provider& provider(const std::string& name) const;
   bool can_start(const Request& r) const;
   bool is_call_cycle(const Request& r) const;
   void pump();
@@ -89,6 +99,7 @@ class Activation final : public detail::ActivationContext {
   std::uint32_t running_read_only_ = 0;
   const Request* current_ = nullptr;  // the turn whose code runs now (for the call chain)
   bool deactivate_requested_ = false;
+  bool registered_ = false;  // in the directory: unregister on deactivation
   Clock::time_point last_active_;
   std::uint64_t next_timer_id_ = 1;
   std::unordered_map<std::uint64_t, std::shared_ptr<TimerState>> timers_;

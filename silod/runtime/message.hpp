@@ -28,6 +28,8 @@ struct Reply {
   StatusCode code = StatusCode::ok;
   std::string error;
   std::unique_ptr<google::protobuf::Message> response;
+  std::string response_bytes;  // a remote silo's answer, parsed by the caller into the response type
+  std::string location;        // remote: the silo that ran the call
 
   static Reply failure(StatusCode code, std::string message) {
     Reply r;
@@ -38,6 +40,14 @@ struct Reply {
 };
 
 class TimerState;
+struct Request;
+
+/// Where the reply to a request from another silo goes.
+class ReplySink {
+ public:
+  virtual ~ReplySink() = default;
+  virtual void reply(const Request& request, Reply reply) = 0;
+};
 
 struct Request {
   enum class Kind : std::uint8_t { call, timer_tick };
@@ -52,6 +62,8 @@ struct Request {
   std::uint64_t call_id = 0;  // 0: nobody waits for the reply (one-way, timer tick)
   Clock::time_point deadline = Clock::time_point::max();
   std::shared_ptr<TimerState> timer;  // timer ticks only
+  std::shared_ptr<ReplySink> sink;    // set for requests from other silos: the reply goes there
+  std::uint32_t hops = 0;             // forwards so far
 
   std::string describe() const;  // "type/key.Method" for logs and errors
 };

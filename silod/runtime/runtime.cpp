@@ -7,7 +7,9 @@
 #include <boost/asio/post.hpp>
 
 #include "runtime/activation.hpp"
+#include "runtime/router.hpp"
 #include "runtime/shard.hpp"
+#include "storage/provider.hpp"
 
 namespace silo::runtime {
 
@@ -73,7 +75,7 @@ void Runtime::start() {
                options_.call_timeout.count());
 }
 
-void Runtime::stop(Clock::time_point deadline) {
+void Runtime::drain(Clock::time_point deadline) {
   if (!started_ || stopping_.exchange(true)) return;
   spdlog::info("grains: deactivating {} activations", activation_count());
   for (auto& s : shards_)
@@ -86,6 +88,12 @@ void Runtime::stop(Clock::time_point deadline) {
         "grains: {} activations still busy at the shutdown deadline; their calls fail with UNAVAILABLE",
         left);
   }
+}
+
+void Runtime::stop(Clock::time_point deadline) {
+  if (!started_ || stopped_) return;
+  drain(deadline);
+  stopped_ = true;
   // Fail whatever still waits, then let each worker drain its queue and stop.
   std::vector<std::shared_ptr<std::promise<void>>> drained;
   for (auto& s : shards_) {
@@ -161,8 +169,7 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
   r->arg = std::move(arg);
   r->chain = std::move(chain);
   if (options.one_way || m->one_way) {
-    Shard& target = shard_for(*cls, r->key);
-    asio::post(target.io(), [&target, r = std::move(r)]() mutable { target.deliver(std::move(r)); });
+    route(from, std::move(r));
     co_return std::unique_ptr<google::protobuf::Message>(m->response_prototype->New());
   }
   std::chrono::milliseconds timeout = options.timeout;
@@ -178,8 +185,40 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
     }
     throw Error(reply.code, reply.error);
   }
-  if (!reply.response) reply.response.reset(m->response_prototype->New());
+  if (!reply.response) {
+    reply.response.reset(m->response_prototype->New());
+    if (!reply.response_bytes.empty() && !reply.response->ParseFromString(reply.response_bytes)) {
+      throw Error(StatusCode::internal,
+                  target + ": cannot parse the remote response as " + reply.response->GetTypeName());
+    }
+  }
   co_return std::move(reply.response);
+}
+
+void Runtime::route(Shard& from, RequestPtr request) {
+  if (router_ && !request->cls->info->stateless_worker && router_->clustered()) {
+    router_->route(from, std::move(request));
+    return;
+  }
+  Shard& target = shard_for(*request->cls, request->key);
+  asio::post(target.io(), [&target, r = std::move(request)]() mutable { target.deliver(std::move(r)); });
+}
+
+std::vector<std::pair<const GrainClass*, std::string>> Runtime::local_activations() {
+  std::vector<std::pair<const GrainClass*, std::string>> out;
+  for (auto& s : shards_) {
+    auto p = std::make_shared<std::promise<std::vector<std::pair<const GrainClass*, std::string>>>>();
+    auto f = p->get_future();
+    asio::post(s->io(), [&s = *s, p] { p->set_value(s.list_activations()); });
+    if (f.wait_for(std::chrono::seconds(5)) != std::future_status::ready) continue;  // a stuck worker
+    auto part = f.get();
+    out.insert(out.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+  }
+  return out;
+}
+
+storage::Provider* Runtime::storage_provider(const std::string& name) const {
+  return storage_ ? storage_->find(name) : nullptr;
 }
 
 std::size_t Runtime::activation_count() const {

@@ -19,9 +19,15 @@
 
 #include "runtime/message.hpp"
 
+namespace silo::storage {
+class Provider;
+class Registry;
+}  // namespace silo::storage
+
 namespace silo::runtime {
 
 class Shard;
+class Router;
 
 struct RuntimeOptions {
   unsigned threads = 0;  // 0: hardware concurrency
@@ -43,7 +49,10 @@ class Runtime {
   std::vector<const GrainClass*> classes() const;
 
   void start();
-  /// Deactivates every activation (bounded by `deadline`), fails what is left, stops the threads.
+  /// Refuses new activations (UNAVAILABLE, or placed on another silo when clustered) and deactivates every
+  /// activation, running calls and queued turns first; returns when none is left or at `deadline`.
+  void drain(Clock::time_point deadline);
+  /// drain(), then fails what is left and stops the threads.
   void stop(Clock::time_point deadline);
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
@@ -65,6 +74,18 @@ class Runtime {
   template <class T>
   std::future<T> spawn(unsigned shard_index, std::function<Task<T>(detail::Caller&)> fn);
 
+  /// The cluster layer (set before start; null: single silo).
+  void set_router(Router* router) noexcept { router_ = router; }
+  Router* router() const noexcept { return router_; }
+  /// Hands a request to its grain: through the router when clustered, else to the local worker.
+  void route(Shard& from, RequestPtr request);
+  /// Every local activation (type, key) that lives in the directory (blocks while each worker lists).
+  std::vector<std::pair<const GrainClass*, std::string>> local_activations();
+
+  /// The storage providers grains use (set before start; may be null when no grain uses state).
+  void set_storage(storage::Registry* registry) noexcept { storage_ = registry; }
+  storage::Provider* storage_provider(const std::string& name) const;
+
   std::size_t activation_count() const;
   /// Activation counts per grain type (blocks briefly while each shard counts).
   std::unordered_map<std::string, std::size_t> activation_counts();
@@ -79,8 +100,11 @@ class Runtime {
   std::unordered_map<std::string_view, std::unique_ptr<GrainClass>> classes_;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<std::unique_ptr<ClientCaller>> clients_;
+  storage::Registry* storage_ = nullptr;
+  Router* router_ = nullptr;
   std::atomic<bool> stopping_{false};
   bool started_ = false;
+  bool stopped_ = false;
 
   std::thread watchdog_;
   std::mutex watchdog_mutex_;

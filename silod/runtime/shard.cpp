@@ -6,6 +6,7 @@
 #include <boost/asio/post.hpp>
 
 #include "runtime/activation.hpp"
+#include "runtime/router.hpp"
 #include "runtime/runtime.hpp"
 
 namespace silo::runtime {
@@ -19,7 +20,8 @@ struct Shard::Pending {
   virtual void complete(Reply reply) = 0;
 };
 
-Shard::Shard(Runtime& runtime, std::uint32_t index) : runtime_(runtime), index_(index) {}
+Shard::Shard(Runtime& runtime, std::uint32_t index)
+    : runtime_(runtime), index_(index), next_call_id_((std::uint64_t(index) << 48) + 1) {}
 
 Shard::~Shard() {
   catalog_.clear();
@@ -71,6 +73,9 @@ void Shard::deliver(RequestPtr request) {
     }
   }
   if (!target) {
+    Router* router = runtime_.router();
+    const bool clustered = router && !cls.info->stateless_worker && router->clustered();
+    if (runtime_.stopping() && clustered && router->place_elsewhere(*this, request)) return;
     if (runtime_.stopping()) {
       reply(*request,
             Reply::failure(StatusCode::unavailable, "silo is shutting down and activates no more grains (" +
@@ -82,21 +87,26 @@ void Shard::deliver(RequestPtr request) {
     target = activation.get();
     it->second.push_back(std::move(activation));
     activations_.fetch_add(1, std::memory_order_relaxed);
-    target->activate();
+    target->activate(clustered);
   }
   target->enqueue(std::move(request));
 }
 
-Task<Reply> Shard::call(RequestPtr request) {
+Task<Reply> Shard::call(RequestPtr request, std::function<void(RequestPtr)> send) {
   const std::uint64_t id = next_call_id_++;
   request->reply_shard = index_;
   request->call_id = id;
   const Clock::time_point deadline = request->deadline;
-  Shard& target = runtime_.shard_for(*request->cls, request->key);
-  asio::post(target.io(), [&target, r = std::move(request)]() mutable { target.deliver(std::move(r)); });
+  // Register the pending call first: a local reply is always posted, so it cannot overtake this.
+  auto route = [this, r = std::move(request), send = std::move(send)]() mutable {
+    if (send)
+      send(std::move(r));
+    else
+      runtime_.route(*this, std::move(r));
+  };
 
   return asio::async_initiate<decltype(asio::use_awaitable), void(Reply)>(
-      [this, id, deadline](auto handler) {
+      [this, id, deadline, route = std::move(route)](auto handler) mutable {
         using Handler = decltype(handler);
         struct Impl final : Pending {
           explicit Impl(Handler&& h) : handler(std::move(h)) {}
@@ -108,6 +118,7 @@ Task<Reply> Shard::call(RequestPtr request) {
           deadlines_.emplace(deadline, id);
           if (deadline < deadline_armed_) arm_deadline_timer();
         }
+        route();
       },
       asio::use_awaitable);
 }
@@ -121,6 +132,10 @@ void Shard::complete(std::uint64_t call_id, Reply reply) {
 }
 
 void Shard::reply(const Request& request, Reply reply) {
+  if (request.sink) {
+    request.sink->reply(request, std::move(reply));
+    return;
+  }
   if (request.call_id == 0) return;
   Shard& caller = runtime_.shard(request.reply_shard);
   asio::post(caller.io(), [&caller, id = request.call_id, r = std::move(reply)]() mutable {
@@ -207,6 +222,13 @@ void Shard::fail_pending(std::string_view why) {
   for (auto& [id, p] : pending)
     p->complete(Reply::failure(StatusCode::unavailable, std::string(why)));
   deadline_timer_.cancel();
+}
+
+std::vector<std::pair<const GrainClass*, std::string>> Shard::list_activations() const {
+  std::vector<std::pair<const GrainClass*, std::string>> out;
+  for (const auto& [key, pool] : catalog_)
+    if (!key.cls->info->stateless_worker) out.emplace_back(key.cls, key.key);
+  return out;
 }
 
 void Shard::count_by_type(std::unordered_map<std::string, std::size_t>& out) const {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <queue>
 #include <string>
@@ -58,6 +59,10 @@ class Shard {
 
   boost::asio::io_context& io() noexcept { return io_; }
   std::uint32_t index() const noexcept { return index_; }
+  /// The worker whose pending table holds `call_id`.
+  static std::uint32_t shard_of(std::uint64_t call_id) noexcept {
+    return static_cast<std::uint32_t>(call_id >> 48);
+  }
   Runtime& runtime() noexcept { return runtime_; }
 
   void start();  // starts the thread
@@ -67,8 +72,9 @@ class Shard {
 
   /// Hands a request to its activation, creating the activation when there is none.
   void deliver(RequestPtr request);
-  /// Routes `request` to its grain and waits for the reply (or the deadline).
-  Task<Reply> call(RequestPtr request);
+  /// Routes `request` to its grain and waits for the reply (or the deadline). `send`, when given, replaces
+  /// the routing (the cluster relays a request to a known silo with it).
+  Task<Reply> call(RequestPtr request, std::function<void(RequestPtr)> send = {});
   /// Completes a pending call; a no-op when it already timed out.
   void complete(std::uint64_t call_id, Reply reply);
   /// Sends the reply of `request` to the shard its caller waits on.
@@ -81,6 +87,8 @@ class Shard {
   void fail_pending(std::string_view why);
 
   std::size_t activation_count() const noexcept { return activations_.load(std::memory_order_relaxed); }
+  /// The (type, key) of every activation that belongs in the directory (called on the thread).
+  std::vector<std::pair<const GrainClass*, std::string>> list_activations() const;
   /// Activation count of each grain type on this shard (called on the thread).
   void count_by_type(std::unordered_map<std::string, std::size_t>& out) const;
 
@@ -104,7 +112,7 @@ class Shard {
   std::unordered_map<GrainKey, std::vector<std::unique_ptr<Activation>>, GrainKeyHash, GrainKeyEq> catalog_;
   std::atomic<std::size_t> activations_{0};
 
-  std::uint64_t next_call_id_ = 1;
+  std::uint64_t next_call_id_;  // the worker's index in the top 16 bits: replies find their way back
   std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
   using DeadlineEntry = std::pair<Clock::time_point, std::uint64_t>;
   std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "silo/call_options.hpp"
 #include "silo/detail/context.hpp"
@@ -24,7 +26,9 @@ class GrainAccess;
 /// A handle to a timer registered by Grain::register_timer.
 using TimerId = std::uint64_t;
 
-/// The base of every grain. One instance is one activation: the runtime creates it on the first call to
+/// The base of every grain. Constructors must have no side effects: silod constructs one instance of each
+/// type when it loads the plugin, to learn which storage providers its PersistentStates use.
+/// One instance is one activation: the runtime creates it on the first call to
 /// its id, runs on_activate() before any method, runs its methods one turn at a time (unless the type is
 /// reentrant or the method interleaves), and runs on_deactivate() before destroying it.
 class Grain {
@@ -73,6 +77,7 @@ class Grain {
  private:
   friend class detail::GrainAccess;
   detail::ActivationContext* ctx_ = nullptr;
+  std::vector<std::pair<std::string, std::string>> states_;  // (provider, name) of its PersistentStates
 };
 
 namespace detail {
@@ -80,6 +85,11 @@ namespace detail {
 class GrainAccess {
  public:
   static void bind(Grain& g, ActivationContext* ctx) { g.ctx_ = ctx; }
+  static ActivationContext& context(const Grain& g) { return *g.ctx_; }
+  static void declare_state(Grain& g, std::string provider, std::string name) {
+    g.states_.emplace_back(std::move(provider), std::move(name));
+  }
+  static const std::vector<std::pair<std::string, std::string>>& states(const Grain& g) { return g.states_; }
 };
 }  // namespace detail
 

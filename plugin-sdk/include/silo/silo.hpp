@@ -7,6 +7,7 @@
 #include "silo/grain.hpp"
 #include "silo/grain_ref.hpp"
 #include "silo/logger.hpp"
+#include "silo/persistent_state.hpp"
 #include "silo/plugin.hpp"
 #include "silo/task.hpp"
 #include "silo/types.hpp"

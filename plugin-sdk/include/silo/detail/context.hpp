@@ -23,6 +23,12 @@ enum class LogLevel : std::uint8_t { trace, debug, info, warn, error, critical }
 
 namespace detail {
 
+/// A grain state as stored: its serialized message and version.
+struct StoredState {
+  std::string data;
+  std::uint64_t etag = 0;  // 0: nothing stored
+};
+
 /// Sends calls to grains. Implemented by an activation (grain-to-grain calls carry its call chain) and
 /// by the client library.
 class Caller {
@@ -48,6 +54,16 @@ class ActivationContext : public Caller {
   virtual void deactivate_on_idle() = 0;
   virtual void log(LogLevel level, std::string_view message) = 0;
   virtual bool log_enabled(LogLevel level) const = 0;
+
+  /// Durable state of this grain (see silo::PersistentState). `provider` names a `storage:` entry of the
+  /// silo's YAML. Etags are versions: 0 means "not stored". A write or clear whose etag is stale throws
+  /// silo::Error(aborted) and deactivates this activation (a duplicate activation can never overwrite
+  /// newer state). An unreachable store throws silo::Error(unavailable); nothing is half-written.
+  virtual Task<StoredState> read_state(const std::string& provider, const std::string& name) = 0;
+  virtual Task<std::uint64_t> write_state(const std::string& provider, const std::string& name,
+                                          std::string data, std::uint64_t etag) = 0;
+  virtual Task<void> clear_state(const std::string& provider, const std::string& name,
+                                 std::uint64_t etag) = 0;
 
  protected:
   ~ActivationContext() = default;

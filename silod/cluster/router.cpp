@@ -1,0 +1,409 @@
+#include "cluster/router.hpp"
+
+#include <algorithm>
+#include <random>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/post.hpp>
+#include <silo/asio.hpp>
+
+#include "runtime/runtime.hpp"
+#include "runtime/shard.hpp"
+
+namespace silo::cluster {
+
+namespace asio = boost::asio;
+namespace in = silo::internal;
+using runtime::Clock;
+using runtime::Reply;
+using runtime::Request;
+using runtime::RequestPtr;
+
+namespace {
+
+constexpr std::uint32_t max_hops = 3;
+constexpr auto directory_timeout = std::chrono::seconds(2);
+
+thread_local std::mt19937_64 rng{std::random_device{}()};
+
+// The reply to a request from another silo goes back on the stream it came on.
+class EnvelopeSink final : public runtime::ReplySink {
+ public:
+  EnvelopeSink(std::shared_ptr<messaging::ResponseSink> sink, std::string self)
+      : sink_(std::move(sink)), self_(std::move(self)) {}
+  void reply(const Request& request, Reply reply) override {
+    in::Envelope env;
+    env.set_id(request.call_id);
+    env.set_kind(in::Envelope::RESPONSE);
+    env.set_code(static_cast<int>(reply.code));
+    if (reply.code != StatusCode::ok) {
+      env.set_error(std::move(reply.error));
+    } else if (reply.response) {
+      reply.response->SerializeToString(env.mutable_payload());
+    } else {
+      env.set_payload(std::move(reply.response_bytes));
+    }
+    env.set_location(reply.location.empty() ? self_ : reply.location);
+    env.set_grain_type(request.cls->name());
+    env.set_grain_key(request.key);
+    sink_->send(std::move(env));
+  }
+
+ private:
+  std::shared_ptr<messaging::ResponseSink> sink_;
+  std::string self_;
+};
+
+}  // namespace
+
+std::string grain_id(const runtime::GrainClass& cls, const std::string& key) {
+  std::string id(cls.name());
+  id += '/';
+  id += key;
+  return id;
+}
+
+ClusterRouter::ClusterRouter(const config::Config& cfg, runtime::Runtime& rt, messaging::Messenger& messenger,
+                             SiloAddress self)
+    : cfg_(cfg), rt_(rt), messenger_(messenger), self_(self), directory_(std::move(self)) {}
+
+ClusterRouter::~ClusterRouter() = default;
+
+messaging::Handlers ClusterRouter::handlers() {
+  messaging::Handlers h;
+  h.on_request = [this](in::Envelope env, std::shared_ptr<messaging::ResponseSink> sink) {
+    on_request(std::move(env), std::move(sink));
+  };
+  h.on_response = [this](in::Envelope env) { on_response(std::move(env)); };
+  h.on_directory = [this](const in::DirectoryRequest& r) { return directory_.handle(r); };
+  h.activations = [this] { return static_cast<std::int64_t>(rt_.activation_count()); };
+  return h;
+}
+
+void ClusterRouter::on_view(const MembershipSnapshot& view) {
+  std::vector<SiloAddress> active, live;
+  std::vector<Candidate> candidates;
+  std::vector<std::string> dead;
+  for (const auto& row : view.rows) {
+    switch (row.status) {
+      case SiloStatus::active:
+        active.push_back(row.address);
+        live.push_back(row.address);
+        candidates.push_back(Candidate{row.address, row.grain_types, row.activations});
+        break;
+      case SiloStatus::joining:
+      case SiloStatus::shutting_down:
+        live.push_back(row.address);
+        break;
+      case SiloStatus::dead:
+        dead.push_back(row.address.str());
+        break;
+    }
+  }
+  std::vector<std::string> members;
+  for (const auto& a : active)
+    members.push_back(a.str());
+  std::sort(members.begin(), members.end());
+  bool ring_changed = false;
+  std::vector<std::string> newly_dead;
+  {
+    std::lock_guard lock(mutex_);
+    candidates_ = std::move(candidates);
+    ring_changed = members != ring_members_;
+    ring_members_ = members;
+    for (const auto& d : dead)
+      if (std::find(known_dead_.begin(), known_dead_.end(), d) == known_dead_.end()) newly_dead.push_back(d);
+    known_dead_ = dead;
+  }
+  directory_.update(active, live);
+  for (const auto& d : newly_dead) {
+    SiloAddress a;
+    if (parse_silo_address(d, a)) messenger_.peer_dead(a);
+  }
+  if (ring_changed && active.size() > 1) reregister(active);
+}
+
+void ClusterRouter::reregister(const std::vector<SiloAddress>& active) {
+  // Ranges moved: tell each activation's (possibly new) directory owner that it lives here.
+  std::unordered_map<std::string, in::DirectoryRequest> by_owner;
+  std::unordered_map<std::string, SiloAddress> owners;
+  for (const auto& [cls, key] : rt_.local_activations()) {
+    const std::string id = grain_id(*cls, key);
+    const SiloAddress owner = directory_.owner(id);
+    if (owner.empty()) continue;
+    if (owner == self_) {
+      directory_.register_local(id, self_.str());
+      continue;
+    }
+    auto& req = by_owner[owner.str()];
+    owners[owner.str()] = owner;
+    req.set_op(in::DirectoryRequest::REGISTER);
+    req.add_grain_ids(id);
+    req.add_silos(self_.str());
+  }
+  for (auto& [owner, req] : by_owner) {
+    spdlog::info("directory: re-registering {} activations with silo {}", req.grain_ids_size(), owner);
+    messenger_.directory(owners[owner], std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
+  }
+  (void)active;
+}
+
+bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key, bool exclude_self,
+                          SiloAddress& out) {
+  std::vector<const Candidate*> fit;
+  std::lock_guard lock(mutex_);
+  for (const auto& c : candidates_) {
+    if (exclude_self && c.address == self_) continue;
+    if (std::find(c.grain_types.begin(), c.grain_types.end(), cls.name()) == c.grain_types.end()) continue;
+    fit.push_back(&c);
+  }
+  if (fit.empty()) {
+    if (exclude_self) return false;
+    out = self_;  // nobody else can run it: here
+    return true;
+  }
+  switch (cls.placement) {
+    case Placement::prefer_local:
+      if (!exclude_self) {
+        for (const auto* c : fit)
+          if (c->address == self_) return (out = self_), true;
+      }
+      break;
+    case Placement::hash: {
+      // Rendezvous hashing: stable for a key while the set of silos is, and spreads keys evenly.
+      const std::string id = grain_id(cls, key);
+      const Candidate* best = nullptr;
+      std::uint64_t best_score = 0;
+      for (const auto* c : fit) {
+        const std::uint64_t score = stable_hash(id + "@" + c->address.str());
+        if (!best || score > best_score) best = c, best_score = score;
+      }
+      out = best->address;
+      return true;
+    }
+    case Placement::activation_count: {
+      // Power of two choices over the load each silo publishes with its heartbeat.
+      const auto* a = fit[rng() % fit.size()];
+      const auto* b = fit[rng() % fit.size()];
+      out = (a->activations <= b->activations ? a : b)->address;
+      return true;
+    }
+    case Placement::stateless_worker:
+      out = self_;
+      return true;
+    default:
+      break;
+  }
+  out = fit[rng() % fit.size()]->address;
+  return true;
+}
+
+void ClusterRouter::route(runtime::Shard& from, RequestPtr request) {
+  const std::string id = grain_id(*request->cls, request->key);
+  if (auto cached = directory_.cached(id)) return send_to(from, std::move(request), *cached);
+  const SiloAddress owner = directory_.owner(id);
+  if (owner.empty() || owner == self_) {
+    const std::string holder = directory_.lookup_local(id);
+    SiloAddress target;
+    if (!holder.empty() && parse_silo_address(holder, target)) {
+      directory_.cache(id, target);
+    } else if (!place(*request->cls, request->key, false, target)) {
+      target = self_;
+    }
+    return send_to(from, std::move(request), target);
+  }
+  in::DirectoryRequest lookup;
+  lookup.set_op(in::DirectoryRequest::LOOKUP);
+  lookup.add_grain_ids(id);
+  auto held = std::make_shared<RequestPtr>(std::move(request));
+  messenger_.directory(owner, std::move(lookup), directory_timeout,
+                       [this, &from, held, id](bool ok, in::DirectoryReply reply) {
+                         asio::post(from.io(), [this, &from, held, id, ok, reply = std::move(reply)] {
+                           SiloAddress target;
+                           if (ok && reply.silos_size() > 0 && parse_silo_address(reply.silos(0), target)) {
+                             directory_.cache(id, target);
+                           } else if (!place(*(*held)->cls, (*held)->key, false, target)) {
+                             target = self_;
+                           }
+                           send_to(from, std::move(*held), target);
+                         });
+                       });
+}
+
+void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const SiloAddress& target) {
+  if (target == self_ || target.empty()) {
+    runtime::Shard& shard = rt_.shard_for(*request->cls, request->key);
+    asio::post(shard.io(), [&shard, r = std::move(request)]() mutable { shard.deliver(std::move(r)); });
+    return;
+  }
+  if (request->sink) return relay(from, std::move(request), target);
+  in::Envelope env;
+  env.set_id(request->call_id);
+  env.set_kind(request->call_id == 0 ? in::Envelope::ONE_WAY : in::Envelope::REQUEST);
+  env.set_grain_type(request->cls->name());
+  env.set_grain_key(request->key);
+  env.set_method(request->method->name);
+  if (request->arg)
+    request->arg->SerializeToString(env.mutable_payload());
+  else
+    env.set_payload(std::move(request->arg_bytes));
+  if (request->deadline != Clock::time_point::max()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(request->deadline - Clock::now());
+    env.set_timeout_ms(static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count())));
+  }
+  for (const auto& link : request->chain) {
+    auto* l = env.add_chain();
+    l->set_grain_type(link.cls->name());
+    l->set_grain_key(link.key);
+  }
+  env.set_hops(request->hops);
+  messenger_.send(target, std::move(env));
+}
+
+void ClusterRouter::relay(runtime::Shard& from, RequestPtr original, const SiloAddress& target) {
+  // A request from another silo that must go on to a third: call it from here and pass the reply back.
+  auto copy = std::make_unique<Request>();
+  copy->cls = original->cls;
+  copy->key = original->key;
+  copy->method = original->method;
+  copy->arg = std::move(original->arg);
+  copy->arg_bytes = std::move(original->arg_bytes);
+  copy->chain = original->chain;
+  copy->deadline = original->deadline;
+  copy->hops = original->hops;
+  if (original->call_id == 0 && !original->sink) return send_to(from, std::move(copy), target);
+  asio::co_spawn(from.io(), relay_call(from, std::move(original), std::move(copy), target),
+                 [](std::exception_ptr e) {
+                   if (e) spdlog::error("router: relaying a call failed unexpectedly");
+                 });
+}
+
+// A member coroutine with by-value parameters rather than a capturing lambda: GCC 12 mishandles
+// temporaries in co_await expressions inside lambda coroutines (seen as a double free here).
+Task<void> ClusterRouter::relay_call(runtime::Shard& from, RequestPtr original, RequestPtr copy,
+                                     SiloAddress target) {
+  std::function<void(RequestPtr)> send = [this, &from, target](RequestPtr r) {
+    send_to(from, std::move(r), target);
+  };
+  Reply reply = co_await from.call(std::move(copy), std::move(send));
+  original->sink->reply(*original, std::move(reply));
+}
+
+void ClusterRouter::forward(runtime::Shard& from, RequestPtr request, const std::string& silo) {
+  SiloAddress target;
+  if (++request->hops > max_hops || !parse_silo_address(silo, target)) {
+    from.reply(*request,
+               Reply::failure(StatusCode::unavailable,
+                              request->describe() + " moved between silos too often; retry the call"));
+    return;
+  }
+  directory_.cache(grain_id(*request->cls, request->key), target);
+  send_to(from, std::move(request), target);
+}
+
+bool ClusterRouter::place_elsewhere(runtime::Shard& from, RequestPtr& request) {
+  SiloAddress target;
+  if (!place(*request->cls, request->key, true, target)) return false;
+  forward(from, std::move(request), target.str());
+  return true;
+}
+
+void ClusterRouter::register_activation(runtime::Shard& shard, const runtime::GrainClass& cls,
+                                        const std::string& key, std::function<void(std::string)> done) {
+  const std::string id = grain_id(cls, key);
+  const SiloAddress owner = directory_.owner(id);
+  if (owner.empty() || owner == self_) {
+    std::string holder = directory_.register_local(id, self_.str());
+    if (holder == self_.str()) holder.clear();
+    asio::post(shard.io(), [done = std::move(done), holder = std::move(holder)] { done(holder); });
+    return;
+  }
+  in::DirectoryRequest req;
+  req.set_op(in::DirectoryRequest::REGISTER);
+  req.add_grain_ids(id);
+  req.add_silos(self_.str());
+  messenger_.directory(owner, std::move(req), directory_timeout,
+                       [this, &shard, done = std::move(done), id](bool ok, in::DirectoryReply reply) {
+                         std::string holder;
+                         if (ok && reply.silos_size() > 0 && reply.silos(0) != self_.str())
+                           holder = reply.silos(0);
+                         // Owner unreachable: activate here anyway; should a duplicate exist meanwhile, etag
+                         // checks on state writes deactivate the loser.
+                         if (!ok) spdlog::debug("directory: owner of {} unreachable; activating locally", id);
+                         asio::post(shard.io(), [done, holder] { done(holder); });
+                       });
+}
+
+void ClusterRouter::unregister_activation(const runtime::GrainClass& cls, const std::string& key) {
+  const std::string id = grain_id(cls, key);
+  directory_.uncache(id);
+  const SiloAddress owner = directory_.owner(id);
+  if (owner.empty() || owner == self_) return directory_.unregister_local(id, self_.str());
+  in::DirectoryRequest req;
+  req.set_op(in::DirectoryRequest::UNREGISTER);
+  req.add_grain_ids(id);
+  req.add_silos(self_.str());
+  messenger_.directory(owner, std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
+}
+
+void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::ResponseSink> sink) {
+  auto fail = [&](StatusCode code, const std::string& why) {
+    if (!sink) return;
+    in::Envelope r;
+    r.set_id(env.id());
+    r.set_kind(in::Envelope::RESPONSE);
+    r.set_code(static_cast<int>(code));
+    r.set_error(why);
+    sink->send(std::move(r));
+  };
+  const runtime::GrainClass* cls = rt_.find_class(env.grain_type());
+  if (!cls) {
+    return fail(StatusCode::unimplemented,
+                "grain type " + env.grain_type() + " is not loaded on silo " + self_.str());
+  }
+  const MethodInfo* method = nullptr;
+  for (const auto& m : cls->info->methods)
+    if (env.method() == m.name) method = &m;
+  if (!method) return fail(StatusCode::unimplemented, env.grain_type() + " has no method " + env.method());
+  auto r = std::make_unique<Request>();
+  r->cls = cls;
+  r->key = std::move(*env.mutable_grain_key());
+  r->method = method;
+  r->arg_bytes = std::move(*env.mutable_payload());
+  for (const auto& link : env.chain()) {
+    if (const auto* c = rt_.find_class(link.grain_type()))
+      r->chain.push_back(runtime::ChainLink{c, link.grain_key()});
+  }
+  const auto timeout =
+      env.timeout_ms() ? std::chrono::milliseconds(env.timeout_ms()) : rt_.options().call_timeout;
+  r->deadline = Clock::now() + timeout;
+  r->hops = env.hops();
+  if (sink) {
+    r->call_id = env.id();
+    r->sink = std::make_shared<EnvelopeSink>(std::move(sink), self_.str());
+  }
+  runtime::Shard& shard = rt_.shard_for(*cls, r->key);
+  asio::post(shard.io(), [&shard, r = std::move(r)]() mutable { shard.deliver(std::move(r)); });
+}
+
+void ClusterRouter::on_response(in::Envelope env) {
+  const std::uint32_t index = runtime::Shard::shard_of(env.id());
+  if (index >= rt_.shard_count()) return;
+  if (!env.location().empty() && !env.grain_type().empty()) {
+    SiloAddress where;
+    if (parse_silo_address(env.location(), where)) {
+      directory_.cache(env.grain_type() + "/" + env.grain_key(), where);
+    }
+  }
+  Reply reply;
+  reply.code = static_cast<StatusCode>(env.code());
+  reply.error = std::move(*env.mutable_error());
+  reply.response_bytes = std::move(*env.mutable_payload());
+  reply.location = std::move(*env.mutable_location());
+  runtime::Shard& shard = rt_.shard(index);
+  asio::post(shard.io(), [&shard, id = env.id(), reply = std::move(reply)]() mutable {
+    shard.complete(id, std::move(reply));
+  });
+}
+
+}  // namespace silo::cluster

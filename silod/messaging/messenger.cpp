@@ -1,0 +1,447 @@
+#include "messaging/messenger.hpp"
+
+#include <deque>
+#include <set>
+#include <thread>
+
+#include <silo/error.hpp>
+
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include "silo/internal.grpc.pb.h"
+#include "silo/wire/frames.hpp"
+
+namespace silo::messaging {
+
+namespace {
+
+std::shared_ptr<grpc::Channel> make_channel(const std::string& endpoint, std::size_t max_message) {
+  grpc::ChannelArguments args;
+  const int max = static_cast<int>(std::min<std::size_t>(max_message, INT32_MAX));
+  args.SetMaxReceiveMessageSize(max);
+  args.SetMaxSendMessageSize(max);
+  // gRPC's default reconnect backoff grows to two minutes; a restarted peer must be reachable at once.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args);
+}
+
+in::Envelope failure_response(std::uint64_t id, StatusCode code, const std::string& why) {
+  in::Envelope r;
+  r.set_id(id);
+  r.set_kind(in::Envelope::RESPONSE);
+  r.set_code(static_cast<int>(code));
+  r.set_error(why);
+  return r;
+}
+
+// A peer's stream into this silo. Requests are handed over as they arrive; responses are batched back.
+class InboundStream final : public grpc::ServerBidiReactor<in::Batch, in::Batch> {
+ public:
+  class Sink final : public ResponseSink {
+   public:
+    explicit Sink(InboundStream* s) : stream_(s) {}
+    void send(in::Envelope response) override {
+      std::lock_guard lock(mutex_);
+      if (stream_) stream_->write(std::move(response));
+    }
+    void detach() {
+      std::lock_guard lock(mutex_);
+      stream_ = nullptr;
+    }
+
+   private:
+    std::mutex mutex_;
+    InboundStream* stream_;
+  };
+
+  InboundStream(const Messenger& m, std::size_t max_message)
+      : messenger_(m), max_message_(max_message), sink_(std::make_shared<Sink>(this)) {
+    StartSendInitialMetadata();
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      std::lock_guard lock(mutex_);
+      reading_done_ = true;
+      maybe_finish_locked();
+      return;
+    }
+    if (peer_.empty() && !in_.sender().empty()) peer_ = in_.sender();
+    for (auto& env : *in_.mutable_envelopes()) {
+      if (env.kind() == in::Envelope::REQUEST) {
+        {
+          std::lock_guard lock(mutex_);
+          ++outstanding_;
+        }
+        messenger_.handlers().on_request(std::move(env), sink_);
+      } else if (env.kind() == in::Envelope::ONE_WAY) {
+        messenger_.handlers().on_request(std::move(env), nullptr);
+      }
+    }
+    in_.Clear();
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    writing_ = false;
+    if (!ok) broken_ = true;
+    flush_locked();
+    maybe_finish_locked();
+  }
+
+  void OnCancel() override {
+    std::lock_guard lock(mutex_);
+    broken_ = true;
+    maybe_finish_locked();
+  }
+
+  void OnDone() override {
+    sink_->detach();
+    delete this;
+  }
+
+  void write(in::Envelope response) {
+    std::lock_guard lock(mutex_);
+    --outstanding_;
+    if (finished_ || broken_) {
+      maybe_finish_locked();
+      return;
+    }
+    if (!wire::fits(response.ByteSizeLong(), max_message_)) {
+      const auto size = response.ByteSizeLong();
+      response.clear_payload();
+      response.set_code(static_cast<int>(StatusCode::resource_exhausted));
+      response.set_error("response of " + std::to_string(size) + " bytes exceeds the message size limit (" +
+                         std::to_string(max_message_) + ")");
+    }
+    pending_.push_back(std::move(response));
+    flush_locked();
+  }
+
+ private:
+  void flush_locked() {
+    if (writing_ || broken_ || finished_ || pending_.empty()) return;
+    writing_ = true;
+    out_.Clear();
+    wire::fill_frame(pending_, *out_.mutable_envelopes(), max_message_);
+    StartWrite(&out_);
+  }
+  void maybe_finish_locked() {
+    if (finished_ || writing_) return;
+    if (broken_) {
+      finished_ = true;
+      Finish(grpc::Status::CANCELLED);
+    } else if (reading_done_ && outstanding_ <= 0 && pending_.empty()) {
+      finished_ = true;
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  const Messenger& messenger_;
+  std::size_t max_message_;
+  std::shared_ptr<Sink> sink_;
+  std::string peer_;
+  in::Batch in_;
+  std::mutex mutex_;
+  std::deque<in::Envelope> pending_;
+  in::Batch out_;
+  std::int64_t outstanding_ = 0;
+  bool writing_ = false, reading_done_ = false, broken_ = false, finished_ = false;
+};
+
+}  // namespace
+
+struct Messenger::Services final : public in::Silo::CallbackService {
+  explicit Services(Messenger& m) : messenger(m) {}
+
+  grpc::ServerBidiReactor<in::Batch, in::Batch>* Connect(grpc::CallbackServerContext*) override {
+    return new InboundStream(messenger, messenger.max_message());
+  }
+
+  grpc::ServerUnaryReactor* Ping(grpc::CallbackServerContext* ctx, const in::PingRequest* req,
+                                 in::PingReply* reply) override {
+    auto* r = ctx->DefaultReactor();
+    // A probe meant for an earlier generation on this address must fail: that silo is gone.
+    if (!req->to().empty() && req->to() != messenger.self().str()) {
+      r->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "this is " + messenger.self().str()));
+      return r;
+    }
+    reply->set_silo(messenger.self().str());
+    if (messenger.handlers().activations) reply->set_activations(messenger.handlers().activations());
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  grpc::ServerUnaryReactor* Directory(grpc::CallbackServerContext* ctx, const in::DirectoryRequest* req,
+                                      in::DirectoryReply* reply) override {
+    auto* r = ctx->DefaultReactor();
+    if (!messenger.handlers().on_directory) {
+      r->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "directory not ready"));
+      return r;
+    }
+    *reply = messenger.handlers().on_directory(*req);
+    r->Finish(grpc::Status::OK);
+    return r;
+  }
+
+  Messenger& messenger;
+};
+
+// This silo's stream to one peer: requests out, responses back.
+class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::Batch> {
+ public:
+  PeerLink(Messenger& m, cluster::SiloAddress peer)
+      : messenger_(m),
+        peer_(std::move(peer)),
+        channel_(make_channel(peer_.endpoint(), m.cfg_.gateway.max_message_size)),
+        stub_(in::Silo::NewStub(channel_)) {}
+
+  void start(std::shared_ptr<PeerLink> self) {
+    self_ = std::move(self);
+    stub_->async()->Connect(&ctx_, this);
+    StartRead(&in_);
+    StartCall();
+  }
+
+  in::Silo::Stub& stub() { return *stub_; }
+  const cluster::SiloAddress& peer() const { return peer_; }
+
+  bool send(in::Envelope& env) {
+    std::lock_guard lock(mutex_);
+    if (dead_) return false;
+    if (env.kind() == in::Envelope::REQUEST) outstanding_.insert(env.id());
+    queue_.push_back(std::move(env));
+    flush_locked();
+    return true;
+  }
+
+  bool alive() {
+    std::lock_guard lock(mutex_);
+    return !dead_;
+  }
+
+  void kill() { ctx_.TryCancel(); }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    for (auto& env : *in_.mutable_envelopes()) {
+      {
+        std::lock_guard lock(mutex_);
+        if (!outstanding_.erase(env.id())) continue;  // failed already
+      }
+      messenger_.handlers_.on_response(std::move(env));
+    }
+    in_.Clear();
+    StartRead(&in_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(mutex_);
+    writing_ = false;
+    if (ok) flush_locked();
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::set<std::uint64_t> orphans;
+    {
+      std::lock_guard lock(mutex_);
+      dead_ = true;
+      orphans.swap(outstanding_);
+    }
+    if (!orphans.empty()) {
+      spdlog::warn("messaging: stream to silo {} ended ({}); failing {} calls waiting on it", peer_.str(),
+                   status.error_message(), orphans.size());
+    }
+    for (auto id : orphans) {
+      messenger_.handlers_.on_response(failure_response(id, StatusCode::unavailable,
+                                                        "silo " + peer_.str() + " became unreachable (" +
+                                                            status.error_message() +
+                                                            "); the call may or may not have run"));
+    }
+    messenger_.forget(this);
+    // The last reference may be our own: release it after this function by handing it to the graveyard.
+    std::lock_guard lock(messenger_.mutex_);
+    messenger_.graveyard_.push_back(std::move(self_));
+  }
+
+ private:
+  void flush_locked() {
+    if (writing_ || dead_ || queue_.empty()) return;
+    writing_ = true;
+    const bool first = !sent_sender_;
+    out_.Clear();
+    if (first) {
+      out_.set_sender(messenger_.self().str());
+      sent_sender_ = true;
+    }
+    wire::fill_frame(queue_, *out_.mutable_envelopes(), messenger_.max_message());
+    StartWrite(&out_);
+  }
+
+  Messenger& messenger_;
+  cluster::SiloAddress peer_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<in::Silo::Stub> stub_;
+  grpc::ClientContext ctx_;
+  std::shared_ptr<PeerLink> self_;
+  in::Batch in_;
+  std::mutex mutex_;
+  std::deque<in::Envelope> queue_;
+  in::Batch out_;
+  std::set<std::uint64_t> outstanding_;
+  bool writing_ = false, dead_ = false, sent_sender_ = false;
+};
+
+Messenger::Messenger(const config::Config& cfg, cluster::SiloAddress self)
+    : cfg_(cfg), self_(std::move(self)) {}
+
+Messenger::~Messenger() = default;
+
+void Messenger::start() {
+  services_ = std::make_unique<Services>(*this);
+  grpc::ServerBuilder builder;
+  const std::string address = cfg_.silo.listen.str();
+  int port = 0;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  const int max = static_cast<int>(std::min<std::size_t>(cfg_.gateway.max_message_size, INT32_MAX));
+  builder.SetMaxReceiveMessageSize(max);
+  builder.SetMaxSendMessageSize(max);
+  builder.RegisterService(services_.get());
+  server_ = builder.BuildAndStart();
+  if (!server_ || port == 0) {
+    server_.reset();
+    throw std::runtime_error("silo.listen " + address +
+                             ": cannot listen (address in use?); pick another port or stop the other silo");
+  }
+  spdlog::info("messaging: silo {} listening on {}", self_.str(), address);
+}
+
+void Messenger::stop(Deadline deadline) {
+  std::vector<std::shared_ptr<PeerLink>> links;
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    for (auto& [k, l] : links_)
+      links.push_back(l);
+  }
+  for (auto& l : links)
+    l->kill();
+  if (server_) {
+    const auto left = std::chrono::duration_cast<std::chrono::system_clock::duration>(
+        deadline - std::chrono::steady_clock::now());
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::max(left, std::chrono::system_clock::duration(0)));
+    server_.reset();
+  }
+  // Wait (briefly) for the links to finish, so no callback runs after we are gone.
+  for (int i = 0; i < 200; ++i) {
+    {
+      std::lock_guard lock(mutex_);
+      if (links_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  std::lock_guard lock(mutex_);
+  graveyard_.clear();
+  spdlog::info("messaging: stopped");
+}
+
+std::shared_ptr<Messenger::PeerLink> Messenger::link(const cluster::SiloAddress& peer) {
+  std::lock_guard lock(mutex_);
+  graveyard_.clear();
+  if (stopping_) return nullptr;
+  auto& l = links_[peer.str()];
+  if (!l || !l->alive()) {
+    l = std::make_shared<PeerLink>(*this, peer);
+    l->start(l);
+  }
+  return l;
+}
+
+void Messenger::forget(PeerLink* link) {
+  std::lock_guard lock(mutex_);
+  auto it = links_.find(link->peer().str());
+  if (it != links_.end() && it->second.get() == link) links_.erase(it);
+}
+
+void Messenger::fail(in::Envelope request, const std::string& why) {
+  if (request.kind() != in::Envelope::REQUEST) return;
+  handlers_.on_response(failure_response(request.id(), StatusCode::unavailable, why));
+}
+
+void Messenger::send(const cluster::SiloAddress& peer, in::Envelope request) {
+  if (const auto size = request.ByteSizeLong(); !wire::fits(size, max_message())) {
+    if (request.kind() == in::Envelope::REQUEST) {
+      handlers_.on_response(failure_response(request.id(), StatusCode::resource_exhausted,
+                                             "request of " + std::to_string(size) +
+                                                 " bytes exceeds the message size limit (" +
+                                                 std::to_string(max_message()) + ")"));
+    }
+    return;
+  }
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto l = link(peer);
+    if (!l) return fail(std::move(request), "silo " + self_.str() + " is shutting down");
+    if (l->send(request)) return;
+  }
+  fail(std::move(request), "cannot open a stream to silo " + peer.str());
+}
+
+void Messenger::ping(const cluster::SiloAddress& peer, std::chrono::milliseconds timeout,
+                     std::function<void(bool)> done) {
+  auto l = link(peer);
+  if (!l) return done(false);
+  struct Call {
+    grpc::ClientContext ctx;
+    in::PingRequest req;
+    in::PingReply reply;
+    std::shared_ptr<PeerLink> link;
+  };
+  auto call = std::make_shared<Call>();
+  call->link = l;
+  call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  call->req.set_from(self_.str());
+  call->req.set_to(peer.str());
+  l->stub().async()->Ping(&call->ctx, &call->req, &call->reply,
+                          [call, done = std::move(done)](grpc::Status s) { done(s.ok()); });
+}
+
+void Messenger::directory(const cluster::SiloAddress& peer, in::DirectoryRequest request,
+                          std::chrono::milliseconds timeout,
+                          std::function<void(bool, in::DirectoryReply)> done) {
+  auto l = link(peer);
+  if (!l) return done(false, {});
+  struct Call {
+    grpc::ClientContext ctx;
+    in::DirectoryRequest req;
+    in::DirectoryReply reply;
+    std::shared_ptr<PeerLink> link;
+  };
+  auto call = std::make_shared<Call>();
+  call->link = l;
+  call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
+  call->req = std::move(request);
+  call->req.set_from(self_.str());
+  l->stub().async()->Directory(
+      &call->ctx, &call->req, &call->reply,
+      [call, done = std::move(done)](grpc::Status s) { done(s.ok(), std::move(call->reply)); });
+}
+
+void Messenger::peer_dead(const cluster::SiloAddress& peer) {
+  std::shared_ptr<PeerLink> l;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = links_.find(peer.str());
+    if (it == links_.end()) return;
+    l = it->second;
+  }
+  spdlog::info("messaging: silo {} declared dead: closing its stream", peer.str());
+  l->kill();
+}
+
+}  // namespace silo::messaging

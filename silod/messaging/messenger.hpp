@@ -1,0 +1,97 @@
+#pragma once
+// Silo-to-silo messaging: a gRPC server on silo.listen (silo.internal.Silo) and one outbound stream per
+// peer. Requests and one-way calls travel in batches; a response returns on the stream its request came
+// on. When a stream breaks, the calls waiting on it fail at once with UNAVAILABLE instead of waiting for
+// their deadline; so do the calls to a peer the membership declares dead.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "app/component.hpp"
+#include "cluster/silo_address.hpp"
+#include "config/config.hpp"
+#include "silo/internal.pb.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace silo::messaging {
+
+namespace in = silo::internal;
+
+/// Where the response to a request received from a peer goes (the stream it came on). Safe to use after
+/// the stream is gone: the response is then dropped (the caller's side failed the call already).
+class ResponseSink {
+ public:
+  virtual ~ResponseSink() = default;
+  virtual void send(in::Envelope response) = 0;
+};
+
+/// What the messenger hands to the rest of the silo.
+struct Handlers {
+  /// A request (or one-way call) from a peer. `sink` is null for one-way calls.
+  std::function<void(in::Envelope request, std::shared_ptr<ResponseSink> sink)> on_request;
+  /// The response to a call this silo sent (matched by id).
+  std::function<void(in::Envelope response)> on_response;
+  /// A Directory rpc from a peer; must answer synchronously.
+  std::function<in::DirectoryReply(const in::DirectoryRequest&)> on_directory;
+  /// This silo's load, for Ping replies.
+  std::function<std::int64_t()> activations;
+};
+
+class Messenger final : public app::Component {
+ public:
+  Messenger(const config::Config& cfg, cluster::SiloAddress self);
+  ~Messenger() override;
+  std::string_view name() const override { return "messaging"; }
+  void set_handlers(Handlers h) { handlers_ = std::move(h); }
+  void start() override;
+  void stop(Deadline deadline) override;
+
+  const cluster::SiloAddress& self() const noexcept { return self_; }
+
+  /// Sends a request or one-way call to `peer`. Thread-safe. If the request cannot be sent or its stream
+  /// breaks before the response, on_response receives a response with code UNAVAILABLE.
+  void send(const cluster::SiloAddress& peer, in::Envelope request);
+
+  /// Probes `peer`; `done(ok)` runs on a gRPC thread.
+  void ping(const cluster::SiloAddress& peer, std::chrono::milliseconds timeout,
+            std::function<void(bool)> done);
+
+  /// A directory rpc to `peer`; `done` runs on a gRPC thread (ok=false: unreachable or refused).
+  void directory(const cluster::SiloAddress& peer, in::DirectoryRequest request,
+                 std::chrono::milliseconds timeout, std::function<void(bool ok, in::DirectoryReply)> done);
+
+  /// The membership declared `peer` dead: drop its link and fail what waits on it.
+  void peer_dead(const cluster::SiloAddress& peer);
+
+  std::size_t max_message() const noexcept { return cfg_.gateway.max_message_size; }
+
+  /// Used by the server side.
+  const Handlers& handlers() const noexcept { return handlers_; }
+
+ private:
+  class PeerLink;
+  struct Services;
+  std::shared_ptr<PeerLink> link(const cluster::SiloAddress& peer);
+  void forget(PeerLink* link);
+  void fail(in::Envelope request, const std::string& why);
+
+  const config::Config& cfg_;
+  cluster::SiloAddress self_;
+  Handlers handlers_;
+  std::unique_ptr<Services> services_;
+  std::unique_ptr<grpc::Server> server_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, std::shared_ptr<PeerLink>> links_;  // by SiloAddress::str()
+  std::vector<std::shared_ptr<PeerLink>> graveyard_;  // finished links, destroyed outside their callbacks
+  bool stopping_ = false;
+};
+
+}  // namespace silo::messaging
