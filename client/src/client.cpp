@@ -3,6 +3,7 @@
 
 #include "silo/client.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -63,6 +64,11 @@ struct Client::Impl {
     });
   }
   void sweep_deadlines();
+  void refresh_gateways();
+  std::size_t gateway_count() {
+    std::lock_guard lock(mutex);
+    return gateways.size();
+  }
   void connection_done(Connection* c);
 
   ClientOptions options;
@@ -70,11 +76,23 @@ struct Client::Impl {
   asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
   std::vector<std::thread> threads;
   asio::steady_timer sweep_timer{io};
+  asio::steady_timer refresh_timer{io};
 
   std::mutex mutex;  // guards the members below
   std::shared_ptr<Connection> current;
   std::vector<std::shared_ptr<Connection>> live;  // every connection not yet done
   std::size_t next_gateway = 0;
+  std::vector<std::string> gateways;  // configured + learned from the cluster
+  bool refreshing = false;            // a Status call is in flight (the destructor waits for it)
+  struct RefreshCall {
+    std::string target;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<gw::Gateway::Stub> stub;
+    std::unique_ptr<grpc::ClientContext> ctx;
+    gw::StatusRequest request;
+    gw::ClusterStatus reply;
+  };
+  std::unique_ptr<RefreshCall> refresh_call;
   bool closing = false;
   std::condition_variable all_done;
 
@@ -171,7 +189,7 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       maybe_close_locked();
     }
     for (auto& p : retry) {
-      if (p.attempts++ <= impl_.options.gateways.size())
+      if (p.attempts++ <= impl_.gateway_count())
         impl_.send(std::move(p));
       else
         impl_.fail(std::move(p), StatusCode::unavailable, "every gateway is shutting down; retry later");
@@ -200,7 +218,7 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       resend = !established_;
     }
     for (auto& [id, p] : orphans) {
-      if (resend && p.attempts < impl_.options.gateways.size()) {
+      if (resend && p.attempts < impl_.gateway_count()) {
         ++p.attempts;
         impl_.send(std::move(p));  // never reached a gateway: safe to try the next one
       } else {
@@ -248,13 +266,18 @@ void Client::Impl::send(PendingCall pending) {
                 "request of " + std::to_string(size) + " bytes exceeds the client's max_message_size (" +
                     std::to_string(options.max_message_size) + ")");
   }
-  for (std::size_t tries = 0; tries <= options.gateways.size(); ++tries) {
+  std::size_t count = 0;
+  {
+    std::lock_guard lock(mutex);
+    count = gateways.size();
+  }
+  for (std::size_t tries = 0; tries <= count; ++tries) {
     std::shared_ptr<Connection> conn;
     {
       std::lock_guard lock(mutex);
       if (closing) break;
       if (!current || !current->usable()) {
-        const std::string& target = options.gateways[next_gateway++ % options.gateways.size()];
+        const std::string& target = gateways[next_gateway++ % gateways.size()];
         current = std::make_shared<Connection>(*this, target);
         live.push_back(current);
         current->start();
@@ -280,6 +303,53 @@ void Client::Impl::connection_done(Connection* c) {
   all_done.notify_all();
 }
 
+void Client::Impl::refresh_gateways() {
+  // Ask the gateway in use (or the first known one) which silos are active and where their gateways are.
+  std::string target;
+  {
+    std::lock_guard lock(mutex);
+    if (closing) return;
+    target = current ? current->target() : gateways.front();
+    refreshing = true;
+  }
+  // Owned by Impl and replaced only here (on the executor): gRPC aborts when the last reference to a
+  // channel is dropped on one of its own callback threads, so the callback must not own the call.
+  if (!refresh_call || refresh_call->target != target) {
+    refresh_call = std::make_unique<RefreshCall>();
+    refresh_call->target = target;
+    refresh_call->channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+    refresh_call->stub = gw::Gateway::NewStub(refresh_call->channel);
+  }
+  auto* call = refresh_call.get();
+  call->ctx = std::make_unique<grpc::ClientContext>();
+  call->ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  call->reply.Clear();
+  call->stub->async()->Status(call->ctx.get(), &call->request, &call->reply, [this, call](grpc::Status s) {
+    std::unique_lock lock(mutex);
+    refreshing = false;
+    all_done.notify_all();
+    if (closing) return;
+    if (s.ok()) {
+      std::vector<std::string> learned;
+      for (const auto& silo : call->reply.silos())
+        if (silo.status() == "active" && !silo.gateway().empty()) learned.push_back(silo.gateway());
+      // Active silos first (they take calls), then configured ones nobody mentioned (a fallback to start
+      // over from when the whole list is stale).
+      std::vector<std::string> merged = learned;
+      for (const auto& g : options.gateways)
+        if (std::find(merged.begin(), merged.end(), g) == merged.end()) merged.push_back(g);
+      gateways = std::move(merged);
+    }
+    lock.unlock();
+    asio::post(io, [this] {
+      refresh_timer.expires_after(options.gateway_refresh);
+      refresh_timer.async_wait([this](boost::system::error_code ec) {
+        if (!ec) refresh_gateways();
+      });
+    });
+  });
+}
+
 void Client::Impl::sweep_deadlines() {
   const auto now = Clock::now();
   std::vector<std::shared_ptr<Connection>> conns;
@@ -299,7 +369,11 @@ Client::Client(ClientOptions options) : impl_(std::make_unique<Impl>(std::move(o
   if (impl_->options.gateways.empty()) {
     throw Error(StatusCode::invalid_argument, "silo::Client needs at least one gateway (host:port)");
   }
+  impl_->gateways = impl_->options.gateways;
   impl_->sweep_deadlines();
+  if (impl_->options.gateway_refresh.count() > 0) {
+    asio::post(impl_->io, [this] { impl_->refresh_gateways(); });
+  }
   const unsigned n = std::max(1u, impl_->options.threads);
   for (unsigned i = 0; i < n; ++i)
     impl_->threads.emplace_back([this] { impl_->io.run(); });
@@ -311,9 +385,13 @@ Client::~Client() {
     impl_->closing = true;
     for (auto& c : impl_->live)
       c->cancel();
-    impl_->all_done.wait_for(lock, std::chrono::seconds(5), [this] { return impl_->live.empty(); });
+    impl_->all_done.wait_for(lock, std::chrono::seconds(5),
+                             [this] { return impl_->live.empty() && !impl_->refreshing; });
   }
-  asio::post(impl_->io, [this] { impl_->sweep_timer.cancel(); });
+  asio::post(impl_->io, [this] {
+    impl_->sweep_timer.cancel();
+    impl_->refresh_timer.cancel();
+  });
   impl_->work.reset();
   impl_->io.stop();
   for (auto& t : impl_->threads)
@@ -322,6 +400,11 @@ Client::~Client() {
 
 boost::asio::any_io_executor Client::executor() const {
   return impl_->io.get_executor();
+}
+
+std::vector<std::string> Client::gateways() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->gateways;
 }
 
 std::string Client::current_gateway() const {

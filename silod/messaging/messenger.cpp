@@ -346,14 +346,38 @@ void Messenger::stop(Deadline deadline) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  for (int i = 0; i < 400; ++i) {  // unary calls in flight end by their deadlines (<= 2 s)
+    {
+      std::lock_guard lock(mutex_);
+      if (inflight_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   std::lock_guard lock(mutex_);
   graveyard_.clear();
+  retired_.clear();
   spdlog::info("messaging: stopped");
+}
+
+void* Messenger::adopt(std::shared_ptr<void> call) {
+  std::lock_guard lock(mutex_);
+  void* p = call.get();
+  inflight_.emplace(p, std::move(call));
+  return p;
+}
+
+void Messenger::retire(void* call) {
+  std::lock_guard lock(mutex_);
+  auto it = inflight_.find(call);
+  if (it == inflight_.end()) return;
+  retired_.push_back(std::move(it->second));
+  inflight_.erase(it);
 }
 
 std::shared_ptr<Messenger::PeerLink> Messenger::link(const cluster::SiloAddress& peer) {
   std::lock_guard lock(mutex_);
   graveyard_.clear();
+  retired_.clear();
   if (stopping_) return nullptr;
   auto& l = links_[peer.str()];
   if (!l || !l->alive()) {
@@ -407,8 +431,12 @@ void Messenger::ping(const cluster::SiloAddress& peer, std::chrono::milliseconds
   call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   call->req.set_from(self_.str());
   call->req.set_to(peer.str());
-  l->stub().async()->Ping(&call->ctx, &call->req, &call->reply,
-                          [call, done = std::move(done)](grpc::Status s) { done(s.ok()); });
+  auto* raw = static_cast<Call*>(adopt(call));
+  l->stub().async()->Ping(&raw->ctx, &raw->req, &raw->reply,
+                          [this, raw, done = std::move(done)](grpc::Status s) {
+                            done(s.ok());
+                            retire(raw);
+                          });
 }
 
 void Messenger::directory(const cluster::SiloAddress& peer, in::DirectoryRequest request,
@@ -427,9 +455,12 @@ void Messenger::directory(const cluster::SiloAddress& peer, in::DirectoryRequest
   call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   call->req = std::move(request);
   call->req.set_from(self_.str());
-  l->stub().async()->Directory(
-      &call->ctx, &call->req, &call->reply,
-      [call, done = std::move(done)](grpc::Status s) { done(s.ok(), std::move(call->reply)); });
+  auto* raw = static_cast<Call*>(adopt(call));
+  l->stub().async()->Directory(&raw->ctx, &raw->req, &raw->reply,
+                               [this, raw, done = std::move(done)](grpc::Status s) {
+                                 done(s.ok(), std::move(raw->reply));
+                                 retire(raw);
+                               });
 }
 
 void Messenger::peer_dead(const cluster::SiloAddress& peer) {

@@ -91,6 +91,12 @@ class Messenger final : public app::Component {
   std::mutex mutex_;
   std::unordered_map<std::string, std::shared_ptr<PeerLink>> links_;  // by SiloAddress::str()
   std::vector<std::shared_ptr<PeerLink>> graveyard_;  // finished links, destroyed outside their callbacks
+  // Unary calls in flight and finished ones: gRPC aborts when the last reference to a channel (held by a
+  // call's ClientContext) is dropped on its own callback thread, so callbacks never free their call.
+  std::unordered_map<void*, std::shared_ptr<void>> inflight_;
+  std::vector<std::shared_ptr<void>> retired_;
+  void* adopt(std::shared_ptr<void> call);
+  void retire(void* call);
   bool stopping_ = false;
 };
 

@@ -41,6 +41,9 @@ struct ClientOptions {
   unsigned threads = 1;
   /// Largest message sent or received.
   std::size_t max_message_size = 4 * 1024 * 1024;
+  /// How often the client asks the cluster for its gateways (Status) and adds those of active silos to
+  /// its list, so it can fail over to silos it was not told about. Zero: use `gateways` only.
+  std::chrono::milliseconds gateway_refresh{std::chrono::seconds(10)};
 };
 
 class Client final : public detail::Caller {
@@ -103,6 +106,8 @@ class Client final : public detail::Caller {
 
   /// The gateway calls currently go to ("host:port").
   std::string current_gateway() const;
+  /// The gateways the client knows: the configured ones plus those learned from the cluster.
+  std::vector<std::string> gateways() const;
 
  private:
   struct Impl;
