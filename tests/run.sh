@@ -16,6 +16,6 @@ ctest_cmd=(ctest --test-dir build --output-on-failure --no-tests=error "$@")
 if [ "$(id -u)" -eq 0 ] || [ -w /var/run/postgresql ]; then
   pg_virtualenv -- "${ctest_cmd[@]}"
 else
-  echo "tests/run.sh: not root: running without a throwaway PostgreSQL (database tests will be skipped)"
+  echo "tests/run.sh: not root: using the PostgreSQL of your PG* environment for the database tests (they fail without one)"
   "${ctest_cmd[@]}"
 fi

@@ -14,6 +14,7 @@
 #include "gateway/gateway.hpp"
 #include "messaging/messenger.hpp"
 #include "plugins/plugin_loader.hpp"
+#include "reminders/reminder_service.hpp"
 #include "runtime/runtime.hpp"
 #include "storage/provider.hpp"
 
@@ -109,11 +110,30 @@ Daemon::Daemon(config::Config cfg)
     }
     auto agent = std::make_unique<cluster::MembershipAgent>(
         cfg_, cluster::make_postgres_table(cfg_.membership.dsn, cfg_.cluster.id), *messenger, *runtime_, self,
-        gateway,
-        [router = router_.get()](const cluster::MembershipSnapshot& view) { router->on_view(view); });
+        gateway, [this](const cluster::MembershipSnapshot& view) {
+          router_->on_view(view);
+          if (reminders_) reminders_->ownership_changed();
+        });
     membership = agent.get();
     components_.push_back(std::move(messenger));
     components_.push_back(std::move(agent));
+  }
+  {
+    // Reminders: the silo owning a grain id's ring range keeps its reminders (alone: all of them).
+    auto table = cfg_.reminders.provider == "postgres"
+                     ? reminders::make_postgres_reminder_table(cfg_.reminders.dsn, cfg_.cluster.id)
+                     : reminders::make_memory_reminder_table();
+    std::function<bool(const std::string&)> owns = [](const std::string&) { return true; };
+    if (router_) {
+      owns = [router = router_.get(), self = router_->self()](const std::string& id) {
+        return router->directory().owner(id) == self;
+      };
+    }
+    auto service =
+        std::make_unique<reminders::ReminderService>(cfg_, std::move(table), *runtime_, std::move(owns));
+    reminders_ = service.get();
+    runtime_->set_reminders(reminders_);
+    components_.push_back(std::move(service));
   }
   if (cfg_.gateway.enabled) {
     auto gw = std::make_unique<gateway::GatewayServer>(cfg_, *runtime_);
@@ -169,6 +189,11 @@ int Daemon::run() {
   spdlog::info("silod {} starting: silo '{}' in cluster '{}', config {}", SILO_VERSION, cfg_.silo.name,
                cfg_.cluster.id, cfg_.source.empty() ? "(built-in)" : cfg_.source);
   sd_notify("STATUS=starting");
+  if (cfg_.metrics.enabled) {
+    spdlog::warn(
+        "metrics.enabled is set, but this version of silod does not serve metrics yet; use siloctl status "
+        "and siloctl grains meanwhile");
+  }
   std::vector<Component*> started;
   const auto stop_started = [&](Component::Deadline deadline) {
     // Two phases, both in reverse start order: first every component drains (clients move away, the

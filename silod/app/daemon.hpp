@@ -17,6 +17,9 @@ class Registry;
 namespace silo::cluster {
 class ClusterRouter;
 }
+namespace silo::reminders {
+class ReminderService;
+}
 
 namespace silo::app {
 
@@ -34,6 +37,7 @@ class Daemon {
   std::unique_ptr<storage::Registry> storage_;
   std::unique_ptr<runtime::Runtime> runtime_;
   std::unique_ptr<cluster::ClusterRouter> router_;
+  reminders::ReminderService* reminders_ = nullptr;  // owned by components_
   std::vector<std::unique_ptr<Component>> components_;
 };
 

@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 #include <silo/asio.hpp>
 
+#include "runtime/reminders.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
 
@@ -242,7 +243,8 @@ void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const Silo
   env.set_kind(request->call_id == 0 ? in::Envelope::ONE_WAY : in::Envelope::REQUEST);
   env.set_grain_type(request->cls->name());
   env.set_grain_key(request->key);
-  env.set_method(request->method->name);
+  // Reminder ticks travel as a pseudo-method no proto can declare ('#' is not an identifier character).
+  env.set_method(request->kind == Request::Kind::reminder_tick ? "#reminder" : request->method->name);
   if (request->arg)
     request->arg->SerializeToString(env.mutable_payload());
   else
@@ -263,6 +265,7 @@ void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const Silo
 void ClusterRouter::relay(runtime::Shard& from, RequestPtr original, const SiloAddress& target) {
   // A request from another silo that must go on to a third: call it from here and pass the reply back.
   auto copy = std::make_unique<Request>();
+  copy->kind = original->kind;
   copy->cls = original->cls;
   copy->key = original->key;
   copy->method = original->method;
@@ -362,10 +365,13 @@ void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::Resp
                 "grain type " + env.grain_type() + " is not loaded on silo " + self_.str());
   }
   const MethodInfo* method = nullptr;
+  const bool reminder = env.method() == "#reminder";
+  if (reminder) method = &runtime::reminder_method;
   for (const auto& m : cls->info->methods)
-    if (env.method() == m.name) method = &m;
+    if (!reminder && env.method() == m.name) method = &m;
   if (!method) return fail(StatusCode::unimplemented, env.grain_type() + " has no method " + env.method());
   auto r = std::make_unique<Request>();
+  if (reminder) r->kind = Request::Kind::reminder_tick;
   r->cls = cls;
   r->key = std::move(*env.mutable_grain_key());
   r->method = method;

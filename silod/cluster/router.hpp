@@ -40,6 +40,7 @@ class ClusterRouter final : public runtime::Router {
   bool place_elsewhere(runtime::Shard& from, runtime::RequestPtr& request) override;
 
   Directory& directory() noexcept { return directory_; }
+  const SiloAddress& self() const noexcept { return self_; }
 
  private:
   struct Candidate {

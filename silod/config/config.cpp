@@ -333,6 +333,15 @@ std::vector<field> grains_fields(reader& r, GrainsConfig& g) {
   };
 }
 
+std::vector<field> reminders_fields(reader& r, RemindersConfig& m) {
+  return {
+      {"provider", r.bind_choice(m.provider, kStorageProviders)},
+      {"dsn", r.bind(m.dsn)},
+      {"min_period", r.bind(m.min_period)},
+      {"refresh_interval", r.bind(m.refresh_interval)},
+  };
+}
+
 std::vector<field> logging_fields(reader& r, LoggingConfig& l) {
   return {
       {"level", r.bind_choice(l.level, kLogLevels)},
@@ -357,6 +366,7 @@ std::vector<field> top_level_fields(reader& r, Config& c) {
       {"storage", r.bind_map(c.storage, storage_fields)},
       {"plugins", r.bind_section(plugins_fields(r, c.plugins))},
       {"grains", r.bind_section(grains_fields(r, c.grains))},
+      {"reminders", r.bind_section(reminders_fields(r, c.reminders))},
       {"logging", r.bind_section(logging_fields(r, c.logging))},
       {"metrics", r.bind_section(metrics_fields(r, c.metrics))},
   };

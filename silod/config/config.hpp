@@ -86,6 +86,13 @@ struct GrainsConfig {
   std::map<std::string, GrainTypeConfig> types;  // keyed by grain type, e.g. "iot.Thermostat"
 };
 
+struct RemindersConfig {
+  std::string provider = "memory";  // memory | postgres
+  std::string dsn;                  // postgres: libpq connection string; empty = PG* environment
+  duration min_period = std::chrono::seconds(1);        // shorter periods are refused
+  duration refresh_interval = std::chrono::seconds(2);  // how often a silo re-reads the reminders it owns
+};
+
 struct LoggingConfig {
   std::string level = "info";   // trace | debug | info | warn | error | critical | off
   std::string format = "text";  // text | json
@@ -106,6 +113,7 @@ struct Config {
   std::map<std::string, StorageProviderConfig> storage;  // by provider instance name
   PluginsConfig plugins;
   GrainsConfig grains;
+  RemindersConfig reminders;
   LoggingConfig logging;
   MetricsConfig metrics;
 };

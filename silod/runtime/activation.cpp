@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
 
+#include "runtime/reminders.hpp"
 #include "runtime/router.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
@@ -63,7 +64,7 @@ void Activation::activate(bool clustered) {
     state_ = State::gone;
     std::vector<RequestPtr> queued;
     for (auto& r : queue_)
-      if (r->kind == Request::Kind::call) queued.push_back(std::move(r));
+      if (r->kind != Request::Kind::timer_tick) queued.push_back(std::move(r));
     queue_.clear();
     Shard& shard = shard_;
     Router* router = shard_.runtime().router();
@@ -181,6 +182,20 @@ Task<void> Activation::run_turn(RequestPtr r) {
   } else if (started > r->deadline) {
     // The caller gave up already; running the call now would only waste the turn.
     reply = Reply::failure(StatusCode::deadline_exceeded, "the call waited in the mailbox past its deadline");
+  } else if (r->kind == Request::Kind::reminder_tick) {
+    shard_.last_turn_method.store(r->method, std::memory_order_relaxed);
+    current_ = r.get();
+    ReminderTick tick;
+    if (!decode_tick(r->arg_bytes, tick)) {
+      reply = Reply::failure(StatusCode::internal, "malformed reminder tick");
+    } else {
+      try {
+        co_await grain_->on_reminder(tick);
+      } catch (...) {
+        reply = reply_from_exception(std::current_exception());
+        spdlog::warn("grain {}/{}: reminder '{}' threw: {}", cls_.name(), key_, tick.name, reply.error);
+      }
+    }
   } else {
     shard_.last_turn_method.store(r->method, std::memory_order_relaxed);
     current_ = r.get();
@@ -249,7 +264,7 @@ Task<void> Activation::run_deactivate() {
   spdlog::debug("grain {}/{}: deactivated on worker {}", cls_.name(), key_, shard_.index());
   std::vector<RequestPtr> leftovers;
   for (auto& r : queue_)
-    if (r->kind == Request::Kind::call) leftovers.push_back(std::move(r));
+    if (r->kind != Request::Kind::timer_tick) leftovers.push_back(std::move(r));
   queue_.clear();
   shard_.remove(this, std::move(leftovers));  // destroys *this: nothing may follow
 }
@@ -392,6 +407,78 @@ Task<void> Activation::clear_state(const std::string& provider_name, const std::
     throw Error(out.code, out.error + "; this activation was deactivated, retry the call");
   }
   if (!out.ok()) throw Error(out.code, out.error);
+}
+
+namespace {
+// Runs one reminder-service operation and resumes the grain on its own worker.
+template <class Result, class Start>
+auto reminder_op(asio::io_context& io, Start start) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(Reply, Result)>(
+      [&io, start = std::move(start)](auto handler) mutable {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        start([&io, h](Reply r, Result result) {
+          asio::post(io, [h, r = std::move(r), result = std::move(result)]() mutable {
+            std::move (*h)(std::move(r), std::move(result));
+          });
+        });
+      },
+      asio::use_awaitable);
+}
+}  // namespace
+
+Reminders& Activation::reminders() const {
+  Reminders* r = shard_.runtime().reminders();
+  if (!r) throw Error(StatusCode::failed_precondition, "reminders are not enabled on this silo");
+  return *r;
+}
+
+Task<void> Activation::register_reminder(std::string name, std::chrono::milliseconds due,
+                                         std::chrono::milliseconds period) {
+  Reminders& service = reminders();
+  if (name.empty() || name.find('\n') != std::string::npos) {
+    throw Error(StatusCode::invalid_argument, "a reminder name must be non-empty and on one line");
+  }
+  if (period < service.min_period()) {
+    throw Error(StatusCode::invalid_argument, "reminder '" + name + "' of " + std::string(cls_.name()) + "/" +
+                                                  key_ + ": period " + std::to_string(period.count()) +
+                                                  " ms is below reminders.min_period (" +
+                                                  std::to_string(service.min_period().count()) + " ms)");
+  }
+  const auto start = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         (std::chrono::system_clock::now() + due).time_since_epoch())
+                         .count();
+  const Request* turn = current_;
+  auto op = [&](std::function<void(Reply, int)> done) {
+    service.register_reminder(cls_.name(), key_, name, start, period.count(),
+                              [done = std::move(done)](Reply r) { done(std::move(r), 0); });
+  };
+  auto [reply, ignored] = co_await reminder_op<int>(shard_.io(), std::move(op));
+  current_ = turn;
+  if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
+}
+
+Task<void> Activation::unregister_reminder(std::string name) {
+  Reminders& service = reminders();
+  const Request* turn = current_;
+  auto op = [&](std::function<void(Reply, int)> done) {
+    service.unregister_reminder(cls_.name(), key_, name,
+                                [done = std::move(done)](Reply r) { done(std::move(r), 0); });
+  };
+  auto [reply, ignored] = co_await reminder_op<int>(shard_.io(), std::move(op));
+  current_ = turn;
+  if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
+}
+
+Task<std::vector<ReminderInfo>> Activation::list_reminders() {
+  Reminders& service = reminders();
+  const Request* turn = current_;
+  auto op = [&](std::function<void(Reply, std::vector<ReminderInfo>)> done) {
+    service.list(cls_.name(), key_, std::move(done));
+  };
+  auto [reply, list] = co_await reminder_op<std::vector<ReminderInfo>>(shard_.io(), std::move(op));
+  current_ = turn;
+  if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
+  co_return list;
 }
 
 }  // namespace silo::runtime

@@ -23,6 +23,7 @@ namespace silo::runtime {
 
 class Shard;
 class Activation;
+class Reminders;
 
 class TimerState {
  public:
@@ -74,9 +75,14 @@ class Activation final : public detail::ActivationContext {
   Task<std::uint64_t> write_state(const std::string& provider, const std::string& name, std::string data,
                                   std::uint64_t etag) override;
   Task<void> clear_state(const std::string& provider, const std::string& name, std::uint64_t etag) override;
+  Task<void> register_reminder(std::string name, std::chrono::milliseconds due,
+                               std::chrono::milliseconds period) override;
+  Task<void> unregister_reminder(std::string name) override;
+  Task<std::vector<ReminderInfo>> list_reminders() override;
 
  private:
   storage::Provider& provider(const std::string& name) const;
+  Reminders& reminders() const;
   bool can_start(const Request& r) const;
   bool is_call_cycle(const Request& r) const;
   void pump();

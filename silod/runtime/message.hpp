@@ -50,7 +50,7 @@ class ReplySink {
 };
 
 struct Request {
-  enum class Kind : std::uint8_t { call, timer_tick };
+  enum class Kind : std::uint8_t { call, timer_tick, reminder_tick };
   Kind kind = Kind::call;
   const GrainClass* cls = nullptr;
   std::string key;

@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "runtime/activation.hpp"
+#include "runtime/reminders.hpp"
 #include "runtime/router.hpp"
 #include "runtime/shard.hpp"
 #include "storage/provider.hpp"
@@ -193,6 +194,26 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
     }
   }
   co_return std::move(reply.response);
+}
+
+void Runtime::deliver_reminder(const GrainClass& cls, std::string key, ReminderTick tick,
+                               std::function<void(Reply)> done) {
+  auto r = std::make_unique<Request>();
+  r->kind = Request::Kind::reminder_tick;
+  r->cls = &cls;
+  r->key = std::move(key);
+  r->method = &reminder_method;
+  r->arg_bytes = encode_tick(tick);
+  r->deadline = Clock::now() + options_.call_timeout;
+  Shard& shard = shard_for(cls, r->key);
+  asio::co_spawn(shard.io(), run_reminder(shard, std::move(r), std::move(done)), [](std::exception_ptr e) {
+    if (e) spdlog::error("grains: delivering a reminder tick failed unexpectedly");
+  });
+}
+
+Task<void> Runtime::run_reminder(Shard& shard, RequestPtr request, std::function<void(Reply)> done) {
+  Reply reply = co_await shard.call(std::move(request));
+  done(std::move(reply));
 }
 
 void Runtime::route(Shard& from, RequestPtr request) {

@@ -28,6 +28,7 @@ namespace silo::runtime {
 
 class Shard;
 class Router;
+class Reminders;
 
 struct RuntimeOptions {
   unsigned threads = 0;  // 0: hardware concurrency
@@ -77,6 +78,12 @@ class Runtime {
   /// The cluster layer (set before start; null: single silo).
   void set_router(Router* router) noexcept { router_ = router; }
   Router* router() const noexcept { return router_; }
+  /// The reminder service (set before start; null: reminders are refused).
+  void set_reminders(Reminders* r) noexcept { reminders_ = r; }
+  Reminders* reminders() const noexcept { return reminders_; }
+  /// Delivers a reminder tick to grain (cls, key) like a call; `done` gets the reply on a worker thread.
+  void deliver_reminder(const GrainClass& cls, std::string key, ReminderTick tick,
+                        std::function<void(Reply)> done);
   /// Hands a request to its grain: through the router when clustered, else to the local worker.
   void route(Shard& from, RequestPtr request);
   /// Every local activation (type, key) that lives in the directory (blocks while each worker lists).
@@ -102,6 +109,8 @@ class Runtime {
   std::vector<std::unique_ptr<ClientCaller>> clients_;
   storage::Registry* storage_ = nullptr;
   Router* router_ = nullptr;
+  Reminders* reminders_ = nullptr;
+  Task<void> run_reminder(Shard& shard, RequestPtr request, std::function<void(Reply)> done);
   std::atomic<bool> stopping_{false};
   bool started_ = false;
   bool stopped_ = false;

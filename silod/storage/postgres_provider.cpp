@@ -1,8 +1,8 @@
 // The PostgreSQL provider: grain state in the table silo_grain_state, one row per (cluster, grain type, grain
 // key, state name), its `version` column being the etag. A small pool of worker threads, each owning one
 // connection, serves a shared queue, so callers never block on the database. With group commit a worker
-// takes every queued write at once and runs them in one transaction (one statement and one result per
-// write): under load this turns N commits (N fsyncs) into one.
+// takes the queued writes (its share, when other workers are idle) and runs them in one transaction, one
+// statement and one result per write: under load, many writes share one commit (one WAL flush).
 
 #include <algorithm>
 #include <cctype>
@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -276,6 +277,10 @@ class NoticeToLog final : public pqxx::errorhandler {
 struct Connection {
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<NoticeToLog> notices;  // declared after conn: unregisters before the connection closes
+  void reset() {
+    notices.reset();
+    conn.reset();
+  }
 };
 
 struct Op {
@@ -300,33 +305,37 @@ class PostgresProvider final : public Provider {
   ~PostgresProvider() override { stop(); }
 
   void start() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (running_) return;
+    }
     const auto options = resolve_options(dsn_);
     target_ = describe_target(options);
     conninfo_ = with_default_timeouts(dsn_, options);
     auto it = options.find("dbname");
-    const std::string db = it == options.end() ? "(default)" : it->second;
+    const std::string in_db = it == options.end() ? "" : " (database " + it->second + ")";
 
     std::vector<Connection> conns;
     for (unsigned i = 0; i < pool_size_; ++i) {
       try {
         conns.push_back(connect(i));
       } catch (const std::exception& e) {
-        throw std::runtime_error(prefix_ + ": cannot connect to PostgreSQL at " + target_ + " (database " +
-                                 db + "): " + first_line(e.what()) + "; start PostgreSQL or fix " + prefix_ +
+        throw std::runtime_error(prefix_ + ": cannot connect to PostgreSQL at " + target_ + in_db + ": " +
+                                 first_line(e.what()) + "; start PostgreSQL or fix " + prefix_ +
                                  ".dsn (empty: the PG* environment variables)");
       }
       if (i == 0) {
         try {
           migrate(*conns[0].conn);
         } catch (const std::exception& e) {
-          throw std::runtime_error(prefix_ + ": migrating the schema in PostgreSQL at " + target_ +
-                                   " (database " + db + ") failed: " + first_line(e.what()) +
+          throw std::runtime_error(prefix_ + ": migrating the schema in PostgreSQL at " + target_ + in_db +
+                                   " failed: " + first_line(e.what()) +
                                    "; check that the configured user may create tables there");
         }
       }
     }
     spdlog::info("{}: connected to PostgreSQL at {} (database {}, {} connections, group commit {})", prefix_,
-                 target_, db, pool_size_, group_commit_ ? "on" : "off");
+                 target_, conns[0].conn->dbname(), pool_size_, group_commit_ ? "on" : "off");
 
     std::lock_guard lock(mutex_);
     running_ = true;
@@ -391,8 +400,9 @@ class PostgresProvider final : public Provider {
     op.done(std::move(out));
   }
 
-  // Takes the next unit of work: one read, or (group commit) every queued write and clear up to max_batch,
-  // leaving queued reads for other workers so they do not wait behind the batch.
+  // Takes the next unit of work: one read, or (group commit) the queued writes and clears, up to max_batch
+  // and to this worker's share of the queue, so idle workers commit the rest in parallel. Queued reads stay
+  // for other workers: they do not wait behind the batch.
   bool take(std::vector<Op>& batch) {
     std::unique_lock lock(mutex_);
     ++idle_;
@@ -423,8 +433,14 @@ class PostgresProvider final : public Provider {
     std::vector<Op> batch;
     while (take(batch)) {
       std::vector<Outcome> outs = execute(index, conn, next_attempt, backoff, batch);
-      for (std::size_t i = 0; i < batch.size(); ++i)
-        batch[i].done(std::move(outs[i]));
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        try {
+          batch[i].done(std::move(outs[i]));
+        } catch (const std::exception& e) {
+          // A throwing completion must not end the worker (and with it this provider's capacity).
+          spdlog::error("{}: a storage completion threw: {}; this is a bug in the caller", prefix_, e.what());
+        }
+      }
       batch.clear();
     }
   }
@@ -505,7 +521,7 @@ class PostgresProvider final : public Provider {
       try {
         return run(*conn.conn, batch);
       } catch (const pqxx::in_doubt_error& e) {
-        conn = {};
+        conn.reset();
         return fail_all(StatusCode::unavailable,
                         unreachable("the connection broke while committing, so the write may or may not be "
                                     "stored (" +
@@ -513,7 +529,7 @@ class PostgresProvider final : public Provider {
       } catch (const pqxx::broken_connection& e) {
         // Broken before COMMIT: the server rolled the transaction back, so running it again is safe. Most
         // often the connection went stale across a server restart and a fresh one succeeds at once.
-        conn = {};
+        conn.reset();
         spdlog::debug("{}: connection {} broke: {}", prefix_, index, first_line(e.what()));
         if (retried_broken) return fail_all(StatusCode::unavailable, unreachable(first_line(e.what())));
         retried_broken = true;
@@ -531,7 +547,7 @@ class PostgresProvider final : public Provider {
         if (down) {
           // As for a broken connection: whatever failed was rolled back (a COMMIT whose outcome is unknown
           // throws in_doubt_error), so one retry on a fresh connection is safe.
-          conn = {};
+          conn.reset();
           spdlog::debug("{}: connection {} failed: {}", prefix_, index, first_line(e.what()));
           if (retried_broken) return fail_all(StatusCode::unavailable, unreachable(first_line(e.what())));
           retried_broken = true;
@@ -541,7 +557,7 @@ class PostgresProvider final : public Provider {
                         prefix_ + ": PostgreSQL at " + target_ + " refused the statement (" + state + "): " +
                             first_line(e.what()) + "; check the silo_grain_state table and this silo's logs");
       } catch (const std::exception& e) {
-        if (conn.conn && !conn.conn->is_open()) conn = {};
+        if (conn.conn && !conn.conn->is_open()) conn.reset();
         return fail_all(StatusCode::internal,
                         prefix_ + ": " + first_line(e.what()) + "; check this silo's logs");
       }

@@ -17,6 +17,7 @@
 
 #include "config/config.hpp"
 #include "plugins/plugin_loader.hpp"
+#include "reminders/reminder_service.hpp"
 #include "runtime/runtime.hpp"
 #include "testgrains.silo.h"
 
@@ -60,7 +61,47 @@ struct Silo {
     silo::plugins::load_plugins(plugins, grains, *rt);
     rt->start();
   }
-  ~Silo() { rt->stop(std::chrono::steady_clock::now() + std::chrono::seconds(10)); }
+  ~Silo() {
+    stop_reminders();
+    rt->stop(std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  }
+
+  /// Starts a reminder service on `table` (shared across "restarts" of the service).
+  void start_reminders(silo::reminders::ReminderTable* table, std::chrono::milliseconds min_period) {
+    cfg.reminders.min_period = min_period;
+    cfg.reminders.refresh_interval = std::chrono::milliseconds(200);
+    struct Borrowed final : silo::reminders::ReminderTable {
+      explicit Borrowed(silo::reminders::ReminderTable& t) : t(t) {}
+      void init() override { t.init(); }
+      void upsert(const silo::reminders::ReminderRow& r) override { t.upsert(r); }
+      void remove(const std::string& a, const std::string& b, const std::string& c) override {
+        t.remove(a, b, c);
+      }
+      std::vector<silo::reminders::ReminderRow> for_grain(const std::string& a,
+                                                          const std::string& b) override {
+        return t.for_grain(a, b);
+      }
+      std::vector<silo::reminders::ReminderRow> all() override { return t.all(); }
+      void set_last_tick(const silo::reminders::ReminderRow& r, std::int64_t v) override {
+        t.set_last_tick(r, v);
+      }
+      std::string describe() const override { return t.describe(); }
+      silo::reminders::ReminderTable& t;
+    };
+    reminders = std::make_unique<silo::reminders::ReminderService>(
+        cfg, std::make_unique<Borrowed>(*table), *rt, [](const std::string&) { return true; });
+    rt->set_reminders(reminders.get());
+    reminders->start();
+  }
+  /// Stops the reminder service (as when its silo goes down); grains keep running.
+  void stop_reminders() {
+    if (!reminders) return;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    reminders->prepare_stop(deadline);
+    reminders->stop(deadline);
+    rt->set_reminders(nullptr);
+    reminders.reset();
+  }
 
   /// Starts `f(caller)` on worker `shard` and returns its future.
   template <class F>
@@ -99,7 +140,9 @@ struct Silo {
     return pred();
   }
 
+  silo::config::Config cfg;
   std::unique_ptr<silo::runtime::Runtime> rt;
+  std::unique_ptr<silo::reminders::ReminderService> reminders;
 };
 
 inline test::WorkRequest work(int sleep_ms, int block_ms = 0) {

@@ -209,9 +209,42 @@ class Timeouts final : public test::TimeoutsGrain {
   std::int64_t calls_ = 0;
 };
 
+class Alarm final : public test::AlarmGrain {
+ public:
+  silo::Task<void> on_activate() override {
+    bump("alarm_activations:" + key());
+    co_return;
+  }
+  silo::Task<test::Empty> Set(const test::AlarmRequest& req) override {
+    co_await register_reminder(req.name(), std::chrono::milliseconds(req.due_ms()),
+                               std::chrono::milliseconds(req.period_ms()));
+    co_return test::Empty{};
+  }
+  silo::Task<test::Empty> Cancel(const test::AlarmRequest& req) override {
+    co_await unregister_reminder(req.name());
+    co_return test::Empty{};
+  }
+  silo::Task<test::AlarmList> List(const test::Empty&) override {
+    test::AlarmList out;
+    for (const auto& r : co_await reminders())
+      out.add_names(r.name);
+    co_return out;
+  }
+  silo::Task<test::Empty> Deactivate(const test::Empty&) override {
+    deactivate_on_idle();
+    co_return test::Empty{};
+  }
+  silo::Task<void> on_reminder(const silo::ReminderTick& tick) override {
+    bump("alarm:" + key() + "/" + tick.name);
+    if (tick.late) bump("alarm_late:" + key());
+    co_return;
+  }
+};
+
 }  // namespace
 
 SILO_PLUGIN(testgrains) {
+  registry.add<Alarm>();
   registry.add<Recorder>();
   registry.add<ReentrantRecorder>();
   registry.add<FragileRecorder>();

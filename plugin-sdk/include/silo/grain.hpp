@@ -42,6 +42,8 @@ class Grain {
   virtual Task<void> on_activate() { co_return; }
   /// Runs once, after the last method, when the activation is collected or the silo stops.
   virtual Task<void> on_deactivate() { co_return; }
+  /// Runs for each tick of this grain's reminders, as a turn like any call.
+  virtual Task<void> on_reminder(const ReminderTick& tick) { co_return; }
 
   /// The grain key (its identity within its type).
   const std::string& key() const { return ctx_->key(); }
@@ -62,6 +64,17 @@ class Grain {
   }
   /// Stops a timer; a tick already running finishes.
   void cancel_timer(TimerId id) { ctx_->cancel_timer(id); }
+
+  /// Registers (or replaces) the durable reminder `name`: first tick after `due`, then every `period`
+  /// (at least `reminders.min_period`, 1 s by default). Ticks call on_reminder().
+  Task<void> register_reminder(std::string name, std::chrono::milliseconds due,
+                               std::chrono::milliseconds period) {
+    return ctx_->register_reminder(std::move(name), due, period);
+  }
+  /// Removes reminder `name` (no-op when there is none).
+  Task<void> unregister_reminder(std::string name) { return ctx_->unregister_reminder(std::move(name)); }
+  /// This grain's reminders.
+  Task<std::vector<ReminderInfo>> reminders() { return ctx_->list_reminders(); }
 
   /// Asks the runtime to deactivate this activation once the current turn ends.
   void deactivate_on_idle() { ctx_->deactivate_on_idle(); }

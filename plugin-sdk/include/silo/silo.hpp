@@ -9,6 +9,7 @@
 #include "silo/logger.hpp"
 #include "silo/persistent_state.hpp"
 #include "silo/plugin.hpp"
+#include "silo/reminder.hpp"
 #include "silo/task.hpp"
 #include "silo/types.hpp"
 #include "silo/version.hpp"

@@ -8,8 +8,10 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "silo/call_options.hpp"
+#include "silo/reminder.hpp"
 #include "silo/task.hpp"
 #include "silo/types.hpp"
 
@@ -64,6 +66,12 @@ class ActivationContext : public Caller {
                                           std::string data, std::uint64_t etag) = 0;
   virtual Task<void> clear_state(const std::string& provider, const std::string& name,
                                  std::uint64_t etag) = 0;
+
+  /// Reminders of this grain (see silo/reminder.hpp). Registering an existing name replaces it.
+  virtual Task<void> register_reminder(std::string name, std::chrono::milliseconds due,
+                                       std::chrono::milliseconds period) = 0;
+  virtual Task<void> unregister_reminder(std::string name) = 0;
+  virtual Task<std::vector<ReminderInfo>> list_reminders() = 0;
 
  protected:
   ~ActivationContext() = default;
