@@ -451,19 +451,41 @@ int cmd_status(const Options& opt) {
 }
 
 int cmd_grains(const Options& opt) {
-  auto stub = gw::Gateway::NewStub(make_channel(opt));
-  grpc::ClientContext ctx;
-  set_deadline(ctx, opt);
-  gw::GrainStats stats;
-  const auto s = stub->Grains(&ctx, gw::GrainsRequest(), &stats);
-  if (!s.ok()) throw call_failed(s, opt);
+  // Each gateway counts its own silo's activations: ask the cluster for its silos, then every active one.
+  std::vector<std::string> gateways;
+  {
+    auto stub = gw::Gateway::NewStub(make_channel(opt));
+    grpc::ClientContext ctx;
+    set_deadline(ctx, opt);
+    gw::ClusterStatus status;
+    const auto s = stub->Status(&ctx, gw::StatusRequest(), &status);
+    if (!s.ok()) throw call_failed(s, opt);
+    for (const auto& silo : status.silos()) {
+      if (silo.status() == "active" && !silo.gateway().empty()) gateways.push_back(silo.gateway());
+    }
+    if (gateways.empty()) gateways.push_back(opt.gateway);
+  }
   std::map<std::pair<std::string, std::string>, std::int64_t> counts;  // (silo, type): sorted and merged
   std::map<std::string, std::int64_t> totals;
   std::set<std::string> silos;
-  for (const auto& c : stats.counts()) {
-    counts[{c.silo(), c.grain_type()}] += c.activations();
-    totals[c.grain_type()] += c.activations();
-    silos.insert(c.silo());
+  for (const auto& gateway : gateways) {
+    Options one = opt;
+    one.gateway = gateway;
+    auto stub = gw::Gateway::NewStub(make_channel(one));
+    grpc::ClientContext ctx;
+    set_deadline(ctx, one);
+    gw::GrainStats stats;
+    const auto s = stub->Grains(&ctx, gw::GrainsRequest(), &stats);
+    if (!s.ok()) {
+      std::cerr << "siloctl: gateway " << gateway << " did not answer (" << s.error_message()
+                << "); its silo's activations are missing below\n";
+      continue;
+    }
+    for (const auto& c : stats.counts()) {
+      counts[{c.silo(), c.grain_type()}] += c.activations();
+      totals[c.grain_type()] += c.activations();
+      silos.insert(c.silo());
+    }
   }
   if (counts.empty()) {
     std::cout << "no grain activations\n";

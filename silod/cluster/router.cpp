@@ -163,6 +163,23 @@ bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key
     out = self_;  // nobody else can run it: here
     return true;
   }
+  if (cls.info->placement_director && *cls.info->placement_director) {
+    if (PlacementDirector director = rt_.find_director(cls.info->placement_director)) {
+      std::vector<std::string> names;
+      names.reserve(fit.size());
+      for (const auto* c : fit)
+        names.push_back(c->address.str());
+      std::vector<PlacementCandidate> candidates;
+      for (std::size_t i = 0; i < fit.size(); ++i) {
+        candidates.push_back(PlacementCandidate{names[i], fit[i]->activations, fit[i]->address == self_});
+      }
+      const std::size_t chosen = director(cls.name(), key, candidates);
+      if (chosen < fit.size()) {
+        out = fit[chosen]->address;
+        return true;
+      }
+    }
+  }
   switch (cls.placement) {
     case Placement::prefer_local:
       if (!exclude_self) {
@@ -208,8 +225,11 @@ void ClusterRouter::route(runtime::Shard& from, RequestPtr request) {
     SiloAddress target;
     if (!holder.empty() && parse_silo_address(holder, target)) {
       directory_.cache(id, target);
-    } else if (!place(*request->cls, request->key, false, target)) {
-      target = self_;
+    } else {
+      if (!place(*request->cls, request->key, false, target)) target = self_;
+      // Remember the decision at once: concurrent first calls must follow it rather than place the grain
+      // again (the nearest silo would win every such race). Forwarding corrects it if another silo won.
+      directory_.cache(id, target);
     }
     return send_to(from, std::move(request), target);
   }
@@ -223,8 +243,11 @@ void ClusterRouter::route(runtime::Shard& from, RequestPtr request) {
                            SiloAddress target;
                            if (ok && reply.silos_size() > 0 && parse_silo_address(reply.silos(0), target)) {
                              directory_.cache(id, target);
-                           } else if (!place(*(*held)->cls, (*held)->key, false, target)) {
-                             target = self_;
+                           } else if (auto decided = directory_.cached(id)) {
+                             target = *decided;  // a concurrent call placed it meanwhile
+                           } else {
+                             if (!place(*(*held)->cls, (*held)->key, false, target)) target = self_;
+                             directory_.cache(id, target);
                            }
                            send_to(from, std::move(*held), target);
                          });

@@ -38,7 +38,11 @@ std::vector<std::shared_ptr<dll::shared_library>>& loaded_libraries() {
 class Collector final : public PluginRegistry {
  public:
   void add_grain(const GrainTypeInfo& type, Factory factory) override { grains.emplace_back(&type, factory); }
+  void add_director(const char* name, PlacementDirector director) override {
+    directors.emplace_back(name, director);
+  }
   std::vector<std::pair<const GrainTypeInfo*, Factory>> grains;
+  std::vector<std::pair<std::string, PlacementDirector>> directors;
 };
 
 Placement placement_from_name(const std::string& s) {
@@ -190,9 +194,15 @@ LoadResult load_plugin(const std::string& name, const std::string& path, const c
     result.error = std::string("registration failed: ") + err;
     return result;
   }
-  if (collector.grains.empty()) {
-    result.error = "registers no grain types";
+  if (collector.grains.empty() && collector.directors.empty()) {
+    result.error = "registers no grain types and no placement directors";
     return result;
+  }
+  for (const auto& [dname, director] : collector.directors) {
+    if (rt.find_director(dname)) {
+      result.error = "placement director '" + dname + "' is already registered by another plugin";
+      return result;
+    }
   }
   // All or nothing: a plugin with one duplicate grain type is refused whole.
   for (const auto& [info, factory] : collector.grains) {
@@ -219,6 +229,10 @@ LoadResult load_plugin(const std::string& name, const std::string& path, const c
     }
     result.grain_types.push_back(info->name);
     rt.add_class(std::move(cls));
+  }
+  for (auto& [dname, director] : collector.directors) {
+    result.grain_types.push_back("director " + dname);
+    rt.add_director(dname, director);
   }
   result.ok = true;
   return result;
@@ -248,6 +262,15 @@ std::vector<LoadResult> load_plugins(const config::PluginsConfig& cfg, const con
       spdlog::error("plugins: skipped '{}' ({}): {}", r.name, r.path.empty() ? cfg.dir : r.path, r.error);
     }
     results.push_back(std::move(r));
+  }
+  for (const runtime::GrainClass* cls : rt.classes()) {
+    const char* director = cls->info->placement_director;
+    if (director && *director && !rt.find_director(director)) {
+      spdlog::warn(
+          "plugins: grain type {} asks for placement director '{}', which no loaded plugin registers; it is "
+          "placed by its default policy",
+          cls->name(), director);
+    }
   }
   for (const auto& [type, ignored] : grains.types) {
     if (!rt.find_class(type)) {

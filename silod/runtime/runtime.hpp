@@ -16,6 +16,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <silo/detail/context.hpp>
+#include <silo/plugin.hpp>
 
 #include "runtime/message.hpp"
 
@@ -47,6 +48,12 @@ class Runtime {
   /// Registers a grain class (before start). Throws std::invalid_argument for a duplicate type name.
   void add_class(std::unique_ptr<GrainClass> cls);
   const GrainClass* find_class(std::string_view type_name) const;
+  /// Placement directors registered by plugins (before start).
+  void add_director(const std::string& name, PlacementDirector director) { directors_[name] = director; }
+  PlacementDirector find_director(const std::string& name) const {
+    auto it = directors_.find(name);
+    return it == directors_.end() ? nullptr : it->second;
+  }
   std::vector<const GrainClass*> classes() const;
 
   void start();
@@ -105,6 +112,7 @@ class Runtime {
 
   RuntimeOptions options_;
   std::unordered_map<std::string_view, std::unique_ptr<GrainClass>> classes_;
+  std::unordered_map<std::string, PlacementDirector> directors_;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<std::unique_ptr<ClientCaller>> clients_;
   storage::Registry* storage_ = nullptr;

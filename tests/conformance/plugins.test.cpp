@@ -27,6 +27,11 @@ TEST_CASE("a plugin registers its grain types", "[conformance][plugins]") {
   CHECK(rt.find_class("test.Worker")->info->stateless_worker);
   CHECK(rt.find_class("test.Worker")->max_local == 3);
   CHECK(rt.find_class("test.ReentrantRecorder")->info->reentrant);
+  // Custom placement directors come from plugins too.
+  REQUIRE(rt.find_director("last") != nullptr);
+  const silo::PlacementCandidate candidates[] = {{"a:1@1", 0, true}, {"b:2@1", 5, false}};
+  CHECK(rt.find_director("last")("test.Recorder", "k",
+                                 std::span<const silo::PlacementCandidate>(candidates)) == 1);
   CHECK(conformance::logged("plugins: loaded 'testgrains'"));
 }
 

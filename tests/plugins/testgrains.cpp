@@ -243,7 +243,15 @@ class Alarm final : public test::AlarmGrain {
 
 }  // namespace
 
+namespace {
+// Places every grain on the last candidate: deterministic, so a cluster test can tell it ran.
+std::size_t last_candidate(std::string_view, std::string_view, std::span<const silo::PlacementCandidate> c) {
+  return c.empty() ? 0 : c.size() - 1;
+}
+}  // namespace
+
 SILO_PLUGIN(testgrains) {
+  registry.add_director("last", last_candidate);
   registry.add<Alarm>();
   registry.add<Recorder>();
   registry.add<ReentrantRecorder>();

@@ -10,6 +10,8 @@
 /// ```
 
 #include <cstdint>
+#include <span>
+#include <string_view>
 
 #include <boost/config.hpp>
 #include <boost/dll/alias.hpp>
@@ -19,6 +21,19 @@
 #include "silo/version.hpp"
 
 namespace silo {
+
+/// A silo a new activation may be placed on (see PlacementDirector).
+struct PlacementCandidate {
+  std::string_view silo;     ///< "host:port@generation"
+  std::int64_t activations;  ///< its load, as last published
+  bool local;                ///< the silo deciding
+};
+
+/// A custom placement policy: returns the index of the chosen candidate (out of range: the default
+/// policy decides). Named by a grain type's `(silo.grain) = { placement_director: "name" }`. Called on a
+/// worker thread of the silo that places the grain, so it must be fast and must not block.
+using PlacementDirector = std::size_t (*)(std::string_view grain_type, std::string_view key,
+                                          std::span<const PlacementCandidate> candidates);
 
 /// Handed to a plugin's SILO_PLUGIN block; the plugin adds its grain classes to it.
 class PluginRegistry {
@@ -33,6 +48,8 @@ class PluginRegistry {
   }
 
   virtual void add_grain(const GrainTypeInfo& type, Factory factory) = 0;
+  /// Registers a placement director under `name` (unique across plugins).
+  virtual void add_director(const char* name, PlacementDirector director) = 0;
 
  protected:
   ~PluginRegistry() = default;
