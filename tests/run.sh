@@ -14,7 +14,8 @@ echo "== test"
 # Serial: several tests time their own behaviour (deadlines, collection) and 2 cores are easily saturated.
 ctest_cmd=(ctest --test-dir build --output-on-failure --no-tests=error "$@")
 if [ "$(id -u)" -eq 0 ] || [ -w /var/run/postgresql ]; then
-  pg_virtualenv -- "${ctest_cmd[@]}"
+  # -t: a temporary cluster of its own, so a second run (or a developer's) on this machine cannot clash.
+  pg_virtualenv -t -- "${ctest_cmd[@]}"
 else
   echo "tests/run.sh: not root: using the PostgreSQL of your PG* environment for the database tests (they fail without one)"
   "${ctest_cmd[@]}"

@@ -382,15 +382,19 @@ Task<std::uint64_t> Activation::write_state(const std::string& provider_name, co
   auto start = [&](storage::Completion done) { p.write(key, std::move(data), etag, std::move(done)); };
   auto out = co_await storage_op(shard_.io(), std::move(start));
   current_ = turn;
-  if (out.code == StatusCode::aborted) {
-    // Someone else wrote this state since we read it: most likely a duplicate activation elsewhere. This
-    // one must not serve stale state any longer.
-    spdlog::warn("grain {}/{}: {}; deactivating this activation", cls_.name(), key_, out.error);
-    deactivate_requested_ = true;
-    throw Error(out.code, out.error + "; this activation was deactivated, retry the call");
-  }
-  if (!out.ok()) throw Error(out.code, out.error);
+  if (!out.ok()) fail_state_operation(out.code, out.error);
   co_return out.etag;
+}
+
+void Activation::fail_state_operation(StatusCode code, const std::string& error) {
+  // Either someone else wrote this state since we read it (aborted: most likely a duplicate activation
+  // elsewhere), or the store failed and this activation's in-memory state now differs from what is stored.
+  // Both ways it must not serve that state any longer: the next call activates afresh and re-reads, so a
+  // failed write is never saved later by an unrelated one.
+  spdlog::warn("grain {}/{}: state {} ({}); deactivating this activation", cls_.name(), key_,
+               code == StatusCode::aborted ? "conflict" : "write failed", error);
+  deactivate_requested_ = true;
+  throw Error(code, error + "; this activation was deactivated and re-reads its state on the next call");
 }
 
 Task<void> Activation::clear_state(const std::string& provider_name, const std::string& name,
@@ -401,12 +405,7 @@ Task<void> Activation::clear_state(const std::string& provider_name, const std::
   auto start = [&](storage::Completion done) { p.clear(key, etag, std::move(done)); };
   auto out = co_await storage_op(shard_.io(), std::move(start));
   current_ = turn;
-  if (out.code == StatusCode::aborted) {
-    spdlog::warn("grain {}/{}: {}; deactivating this activation", cls_.name(), key_, out.error);
-    deactivate_requested_ = true;
-    throw Error(out.code, out.error + "; this activation was deactivated, retry the call");
-  }
-  if (!out.ok()) throw Error(out.code, out.error);
+  if (!out.ok()) fail_state_operation(out.code, out.error);
 }
 
 namespace {

@@ -83,6 +83,7 @@ class Activation final : public detail::ActivationContext {
  private:
   storage::Provider& provider(const std::string& name) const;
   Reminders& reminders() const;
+  [[noreturn]] void fail_state_operation(StatusCode code, const std::string& error);
   bool can_start(const Request& r) const;
   bool is_call_cycle(const Request& r) const;
   void pump();

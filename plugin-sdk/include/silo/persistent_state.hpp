@@ -43,8 +43,10 @@ class PersistentState {
     etag_ = stored.etag;
   }
 
-  /// Stores the current value. Throws silo::Error(aborted) when the stored state changed since it was read
-  /// (the activation is then deactivated), silo::Error(unavailable) when the store cannot be reached.
+  /// Stores the current value. Throws silo::Error(aborted) when the stored state changed since it was read,
+  /// silo::Error(unavailable) when the store cannot be reached. Either way the activation is deactivated
+  /// after this call, so its unsaved value is never written later by another call: the next call
+  /// re-reads what is stored.
   Task<void> write() {
     std::string data;
     value_.SerializeToString(&data);
