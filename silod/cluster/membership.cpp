@@ -69,7 +69,8 @@ bool MembershipAgent::set_status(SiloStatus status, int attempts) {
     MembershipRow row = my_row(status);
     if (const MembershipRow* mine = snap.find(self_)) {
       if (mine->status == SiloStatus::dead && status != SiloStatus::dead) return false;
-      row.suspicions = mine->suspicions;
+      // Leaving by itself clears the votes: peers read "dead without votes" as a graceful leave.
+      if (status != SiloStatus::dead) row.suspicions = mine->suspicions;
     }
     if (table_->write_row(row, snap.version)) {
       spdlog::info("membership: silo {} is {} (table version {})", self_.str(), to_string(status),

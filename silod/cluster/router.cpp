@@ -84,7 +84,6 @@ messaging::Handlers ClusterRouter::handlers() {
 void ClusterRouter::on_view(const MembershipSnapshot& view) {
   std::vector<SiloAddress> active, live;
   std::vector<Candidate> candidates;
-  std::vector<std::string> dead;
   for (const auto& row : view.rows) {
     switch (row.status) {
       case SiloStatus::active:
@@ -97,7 +96,6 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
         live.push_back(row.address);
         break;
       case SiloStatus::dead:
-        dead.push_back(row.address.str());
         break;
     }
   }
@@ -106,20 +104,34 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
     members.push_back(a.str());
   std::sort(members.begin(), members.end());
   bool ring_changed = false;
-  std::vector<std::string> newly_dead;
+  std::vector<std::pair<SiloAddress, bool>> newly_dead;  // (silo, left gracefully)
   {
     std::lock_guard lock(mutex_);
     candidates_ = std::move(candidates);
     ring_changed = members != ring_members_;
     ring_members_ = members;
-    for (const auto& d : dead)
-      if (std::find(known_dead_.begin(), known_dead_.end(), d) == known_dead_.end()) newly_dead.push_back(d);
-    known_dead_ = dead;
+    std::unordered_map<std::string, SiloStatus> statuses;
+    for (const auto& row : view.rows) {
+      const std::string id = row.address.str();
+      statuses[id] = row.status;
+      auto before = last_status_.find(id);
+      if (row.status == SiloStatus::dead && before != last_status_.end() &&
+          before->second != SiloStatus::dead) {
+        // Graceful: it announced shutting_down, or wrote itself dead without any silo voting against it
+        // (a peer may miss the short shutting_down phase between two reads of the table).
+        newly_dead.emplace_back(row.address,
+                                before->second == SiloStatus::shutting_down || row.suspicions.empty());
+      }
+    }
+    last_status_ = std::move(statuses);
   }
   directory_.update(active, live);
-  for (const auto& d : newly_dead) {
-    SiloAddress a;
-    if (parse_silo_address(d, a)) messenger_.peer_dead(a);
+  for (const auto& [silo, graceful] : newly_dead) {
+    // A silo that left gracefully still answers what it was asked: drain, don't cancel.
+    if (graceful)
+      messenger_.peer_left(silo);
+    else
+      messenger_.peer_dead(silo);
   }
   if (ring_changed && active.size() > 1) reregister(active);
 }

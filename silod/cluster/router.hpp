@@ -5,6 +5,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "cluster/directory.hpp"
@@ -65,7 +66,7 @@ class ClusterRouter final : public runtime::Router {
   std::mutex mutex_;                   // guards the view below
   std::vector<Candidate> candidates_;  // active silos, for placement
   std::vector<std::string> ring_members_;
-  std::vector<std::string> known_dead_;
+  std::unordered_map<std::string, SiloStatus> last_status_;  // by silo, as of the previous view
 };
 
 /// "type/key": the directory's name for a grain.

@@ -213,7 +213,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
 
   bool send(in::Envelope& env) {
     std::lock_guard lock(mutex_);
-    if (dead_) return false;
+    if (dead_ || draining_) return false;
     if (env.kind() == in::Envelope::REQUEST) outstanding_.insert(env.id());
     queue_.push_back(std::move(env));
     flush_locked();
@@ -222,10 +222,18 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
 
   bool alive() {
     std::lock_guard lock(mutex_);
-    return !dead_;
+    return !dead_ && !draining_;
   }
 
   void kill() { ctx_.TryCancel(); }
+
+  /// The peer leaves gracefully: send nothing new, let the calls in flight finish, then close our side
+  /// (its server then ends the stream). Cancelling instead would fail calls it would still answer.
+  void drain() {
+    std::lock_guard lock(mutex_);
+    draining_ = true;
+    maybe_close_locked();
+  }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
@@ -236,6 +244,10 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
       }
       messenger_.handlers_.on_response(std::move(env));
     }
+    {
+      std::lock_guard lock(mutex_);
+      maybe_close_locked();
+    }
     in_.Clear();
     StartRead(&in_);
   }
@@ -244,6 +256,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
     std::lock_guard lock(mutex_);
     writing_ = false;
     if (ok) flush_locked();
+    maybe_close_locked();
   }
 
   void OnDone(const grpc::Status& status) override {
@@ -263,10 +276,16 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
                                                             status.error_message() +
                                                             "); the call may or may not have run"));
     }
-    messenger_.forget(this);
-    // The last reference may be our own: release it after this function by handing it to the graveyard.
-    std::lock_guard lock(messenger_.mutex_);
-    messenger_.graveyard_.push_back(std::move(self_));
+    messenger_.forget(this, !established_);
+    // The last reference may be our own: it is released later, on another thread, after a grace period
+    // (gRPC may still be tearing the call down right after OnDone returns).
+    messenger_.defer(std::move(self_));
+  }
+
+  void OnReadInitialMetadataDone(bool ok) override {
+    if (!ok) return;
+    std::lock_guard lock(mutex_);
+    established_ = true;
   }
 
  private:
@@ -291,10 +310,18 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
   std::shared_ptr<PeerLink> self_;
   in::Batch in_;
   std::mutex mutex_;
+  void maybe_close_locked() {
+    if (draining_ && !writes_done_ && !writing_ && queue_.empty() && outstanding_.empty() && !dead_) {
+      writes_done_ = true;
+      StartWritesDone();
+    }
+  }
+
   std::deque<in::Envelope> queue_;
   in::Batch out_;
   std::set<std::uint64_t> outstanding_;
-  bool writing_ = false, dead_ = false, sent_sender_ = false;
+  bool writing_ = false, dead_ = false, sent_sender_ = false, draining_ = false, writes_done_ = false;
+  bool established_ = false;
 };
 
 Messenger::Messenger(const config::Config& cfg, cluster::SiloAddress self)
@@ -322,6 +349,15 @@ void Messenger::start() {
 }
 
 void Messenger::stop(Deadline deadline) {
+  // First the server: peers that saw this silo leave drain their streams into it, and requests they sent
+  // meanwhile (some relayed on through our own links) still get answered. Then our own links.
+  if (server_) {
+    const auto left = std::chrono::duration_cast<std::chrono::system_clock::duration>(
+        deadline - std::chrono::steady_clock::now());
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::max(left, std::chrono::system_clock::duration(0)));
+    server_.reset();
+  }
   std::vector<std::shared_ptr<PeerLink>> links;
   {
     std::lock_guard lock(mutex_);
@@ -331,13 +367,6 @@ void Messenger::stop(Deadline deadline) {
   }
   for (auto& l : links)
     l->kill();
-  if (server_) {
-    const auto left = std::chrono::duration_cast<std::chrono::system_clock::duration>(
-        deadline - std::chrono::steady_clock::now());
-    server_->Shutdown(std::chrono::system_clock::now() +
-                      std::max(left, std::chrono::system_clock::duration(0)));
-    server_.reset();
-  }
   // Wait (briefly) for the links to finish, so no callback runs after we are gone.
   for (int i = 0; i < 200; ++i) {
     {
@@ -353,9 +382,9 @@ void Messenger::stop(Deadline deadline) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the last callbacks return
   std::lock_guard lock(mutex_);
-  graveyard_.clear();
-  retired_.clear();
+  deferred_.clear();
   spdlog::info("messaging: stopped");
 }
 
@@ -367,28 +396,57 @@ void* Messenger::adopt(std::shared_ptr<void> call) {
 }
 
 void Messenger::retire(void* call) {
-  std::lock_guard lock(mutex_);
-  auto it = inflight_.find(call);
-  if (it == inflight_.end()) return;
-  retired_.push_back(std::move(it->second));
-  inflight_.erase(it);
+  std::shared_ptr<void> done;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = inflight_.find(call);
+    if (it == inflight_.end()) return;
+    done = std::move(it->second);
+    inflight_.erase(it);
+  }
+  defer(std::move(done));
 }
 
-std::shared_ptr<Messenger::PeerLink> Messenger::link(const cluster::SiloAddress& peer) {
+void Messenger::defer(std::shared_ptr<void> object) {
   std::lock_guard lock(mutex_);
-  graveyard_.clear();
-  retired_.clear();
-  if (stopping_) return nullptr;
+  deferred_.emplace_back(std::chrono::steady_clock::now(), std::move(object));
+}
+
+void Messenger::collect_locked() {
+  const auto cutoff = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+  std::erase_if(deferred_, [&](const auto& d) { return d.first < cutoff; });
+}
+
+std::shared_ptr<Messenger::PeerLink> Messenger::link(const cluster::SiloAddress& peer, std::string* why) {
+  std::lock_guard lock(mutex_);
+  collect_locked();
+  if (stopping_) {
+    if (why) *why = "silo " + self_.str() + " is shutting down";
+    return nullptr;
+  }
   auto& l = links_[peer.str()];
   if (!l || !l->alive()) {
+    // A peer whose stream just failed to connect gets no new one for a moment: each attempt costs a
+    // channel and a stream, and calls to it fail anyway until the membership decides.
+    auto failed = failed_at_.find(peer.str());
+    if (failed != failed_at_.end() &&
+        std::chrono::steady_clock::now() - failed->second < std::chrono::milliseconds(100)) {
+      if (why) *why = "silo " + peer.str() + " is unreachable";
+      if (!l) links_.erase(peer.str());
+      return nullptr;
+    }
     l = std::make_shared<PeerLink>(*this, peer);
     l->start(l);
   }
   return l;
 }
 
-void Messenger::forget(PeerLink* link) {
+void Messenger::forget(PeerLink* link, bool never_connected) {
   std::lock_guard lock(mutex_);
+  if (never_connected)
+    failed_at_[link->peer().str()] = std::chrono::steady_clock::now();
+  else
+    failed_at_.erase(link->peer().str());
   auto it = links_.find(link->peer().str());
   if (it != links_.end() && it->second.get() == link) links_.erase(it);
 }
@@ -396,6 +454,18 @@ void Messenger::forget(PeerLink* link) {
 void Messenger::fail(in::Envelope request, const std::string& why) {
   if (request.kind() != in::Envelope::REQUEST) return;
   handlers_.on_response(failure_response(request.id(), StatusCode::unavailable, why));
+}
+
+void Messenger::peer_left(const cluster::SiloAddress& peer) {
+  std::shared_ptr<PeerLink> l;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = links_.find(peer.str());
+    if (it == links_.end()) return;
+    l = it->second;
+  }
+  spdlog::info("messaging: silo {} left: draining its stream", peer.str());
+  l->drain();
 }
 
 void Messenger::send(const cluster::SiloAddress& peer, in::Envelope request) {
@@ -409,8 +479,9 @@ void Messenger::send(const cluster::SiloAddress& peer, in::Envelope request) {
     return;
   }
   for (int attempt = 0; attempt < 2; ++attempt) {
-    auto l = link(peer);
-    if (!l) return fail(std::move(request), "silo " + self_.str() + " is shutting down");
+    std::string why;
+    auto l = link(peer, &why);
+    if (!l) return fail(std::move(request), why);
     if (l->send(request)) return;
   }
   fail(std::move(request), "cannot open a stream to silo " + peer.str());
@@ -418,7 +489,7 @@ void Messenger::send(const cluster::SiloAddress& peer, in::Envelope request) {
 
 void Messenger::ping(const cluster::SiloAddress& peer, std::chrono::milliseconds timeout,
                      std::function<void(bool)> done) {
-  auto l = link(peer);
+  auto l = link(peer, nullptr);
   if (!l) return done(false);
   struct Call {
     grpc::ClientContext ctx;
@@ -442,7 +513,7 @@ void Messenger::ping(const cluster::SiloAddress& peer, std::chrono::milliseconds
 void Messenger::directory(const cluster::SiloAddress& peer, in::DirectoryRequest request,
                           std::chrono::milliseconds timeout,
                           std::function<void(bool, in::DirectoryReply)> done) {
-  auto l = link(peer);
+  auto l = link(peer, nullptr);
   if (!l) return done(false, {});
   struct Call {
     grpc::ClientContext ctx;

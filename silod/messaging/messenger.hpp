@@ -70,6 +70,8 @@ class Messenger final : public app::Component {
 
   /// The membership declared `peer` dead: drop its link and fail what waits on it.
   void peer_dead(const cluster::SiloAddress& peer);
+  /// `peer` left gracefully (shutting_down -> dead): let what waits on it finish, then close.
+  void peer_left(const cluster::SiloAddress& peer);
 
   std::size_t max_message() const noexcept { return cfg_.gateway.max_message_size; }
 
@@ -79,8 +81,10 @@ class Messenger final : public app::Component {
  private:
   class PeerLink;
   struct Services;
-  std::shared_ptr<PeerLink> link(const cluster::SiloAddress& peer);
-  void forget(PeerLink* link);
+  std::shared_ptr<PeerLink> link(const cluster::SiloAddress& peer, std::string* why);
+  void forget(PeerLink* link, bool never_connected);
+  void defer(std::shared_ptr<void> object);
+  void collect_locked();
   void fail(in::Envelope request, const std::string& why);
 
   const config::Config& cfg_;
@@ -90,11 +94,12 @@ class Messenger final : public app::Component {
   std::unique_ptr<grpc::Server> server_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::shared_ptr<PeerLink>> links_;  // by SiloAddress::str()
-  std::vector<std::shared_ptr<PeerLink>> graveyard_;  // finished links, destroyed outside their callbacks
-  // Unary calls in flight and finished ones: gRPC aborts when the last reference to a channel (held by a
-  // call's ClientContext) is dropped on its own callback thread, so callbacks never free their call.
-  std::unordered_map<void*, std::shared_ptr<void>> inflight_;
-  std::vector<std::shared_ptr<void>> retired_;
+  // Finished links and unary calls are released on our threads a second after they finish: gRPC aborts
+  // when the last reference to a channel is dropped on its own callback thread, and may still be tearing
+  // a call down right after its last callback returned.
+  std::vector<std::pair<std::chrono::steady_clock::time_point, std::shared_ptr<void>>> deferred_;
+  std::unordered_map<void*, std::shared_ptr<void>> inflight_;                         // unary calls in flight
+  std::unordered_map<std::string, std::chrono::steady_clock::time_point> failed_at_;  // last failed connect
   void* adopt(std::shared_ptr<void> call);
   void retire(void* call);
   bool stopping_ = false;
