@@ -90,7 +90,12 @@ std::string trial_load(const std::string& path) {
     return {};
   }
   if (pid == 0) {
+    // The child only loads the library and dies however it dies: no handler the host installed (a crash
+    // reporter, a test framework) may run or print in it, and its output goes to the pipe only.
+    for (int sig : {SIGABRT, SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTERM, SIGINT})
+      ::signal(sig, SIG_DFL);
     ::dup2(pipefd[1], STDERR_FILENO);
+    ::dup2(pipefd[1], STDOUT_FILENO);
     void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
       const char* err = ::dlerror();

@@ -63,9 +63,10 @@ void Activation::activate(bool clustered) {
                   queue_.size());
     state_ = State::gone;
     std::vector<RequestPtr> queued;
-    for (auto& r : queue_)
+    while (!queue_.empty()) {
+      RequestPtr r = queue_.pop_front();
       if (r->kind != Request::Kind::timer_tick) queued.push_back(std::move(r));
-    queue_.clear();
+    }
     Shard& shard = shard_;
     Router* router = shard_.runtime().router();
     shard.remove(this, {});  // destroys *this
@@ -99,10 +100,10 @@ Task<void> Activation::run_activate() {
 }
 
 void Activation::fail_queue(StatusCode code, const std::string& why) {
-  auto queue = std::move(queue_);
-  queue_.clear();
-  for (auto& r : queue)
+  while (!queue_.empty()) {
+    RequestPtr r = queue_.pop_front();
     shard_.reply(*r, Reply::failure(code, why));
+  }
 }
 
 bool Activation::is_call_cycle(const Request& r) const {
@@ -144,10 +145,8 @@ bool Activation::can_start(const Request& r) const {
 
 void Activation::pump() {
   if (state_ != State::valid) return;
-  while (!queue_.empty() && can_start(*queue_.front())) {
-    RequestPtr r = std::move(queue_.front());
-    queue_.pop_front();
-    start_turn(std::move(r));
+  while (!queue_.empty() && can_start(queue_.front())) {
+    start_turn(queue_.pop_front());
   }
   if (deactivate_requested_ && idle()) {
     state_ = State::deactivating;
@@ -171,7 +170,7 @@ Task<void> Activation::run_turn(RequestPtr r) {
       r->kind == Request::Kind::timer_tick || (!read_only && !r->method->always_interleave);
   Reply reply;
   if (r->kind == Request::Kind::timer_tick) {
-    shard_.last_turn_method.store(nullptr, std::memory_order_relaxed);
+    r->turn_id = shard_.begin_turn(nullptr);
     current_ = r.get();
     try {
       co_await r->timer->callback();
@@ -183,7 +182,7 @@ Task<void> Activation::run_turn(RequestPtr r) {
     // The caller gave up already; running the call now would only waste the turn.
     reply = Reply::failure(StatusCode::deadline_exceeded, "the call waited in the mailbox past its deadline");
   } else if (r->kind == Request::Kind::reminder_tick) {
-    shard_.last_turn_method.store(r->method, std::memory_order_relaxed);
+    r->turn_id = shard_.begin_turn(r->method);
     current_ = r.get();
     ReminderTick tick;
     if (!decode_tick(r->arg_bytes, tick)) {
@@ -197,7 +196,7 @@ Task<void> Activation::run_turn(RequestPtr r) {
       }
     }
   } else {
-    shard_.last_turn_method.store(r->method, std::memory_order_relaxed);
+    r->turn_id = shard_.begin_turn(r->method);
     current_ = r.get();
     detail::Invocation inv;
     inv.method = r->method;
@@ -219,12 +218,15 @@ Task<void> Activation::run_turn(RequestPtr r) {
   else if (exclusive)
     --running_exclusive_;
 
-  const auto took = Clock::now() - started;
-  if (took >= shard_.runtime().options().turn_warning) {
+  // Only a turn the watchdog caught blocking the worker is reported: a turn that merely awaits other grains
+  // or storage for a long time blocks nobody.
+  if (r->turn_id != 0 && shard_.stalled_turn.load(std::memory_order_relaxed) == r->turn_id) {
+    shard_.stalled_turn.store(0, std::memory_order_relaxed);
     spdlog::warn(
-        "grain {}/{}: turn {} took {} ms (grains.turn_warning is {} ms): long turns delay every call "
-        "queued behind them; move blocking work off the grain",
-        cls_.name(), key_, r->describe(), std::chrono::duration_cast<std::chrono::milliseconds>(took).count(),
+        "grain {}/{}: turn {} blocked worker {} for over {} ms (grains.turn_warning is {} ms); every call "
+        "queued "
+        "on that worker waited: move blocking work (sleep, blocking I/O, long loops) off the grain",
+        cls_.name(), key_, r->describe(), shard_.index(), shard_.stalled_ms.load(std::memory_order_relaxed),
         shard_.runtime().options().turn_warning.count());
   }
   if (r->kind == Request::Kind::timer_tick) {
@@ -263,9 +265,10 @@ Task<void> Activation::run_deactivate() {
   if (registered_) shard_.runtime().router()->unregister_activation(cls_, key_);
   spdlog::debug("grain {}/{}: deactivated on worker {}", cls_.name(), key_, shard_.index());
   std::vector<RequestPtr> leftovers;
-  for (auto& r : queue_)
+  while (!queue_.empty()) {
+    RequestPtr r = queue_.pop_front();
     if (r->kind != Request::Kind::timer_tick) leftovers.push_back(std::move(r));
-  queue_.clear();
+  }
   shard_.remove(this, std::move(leftovers));  // destroys *this: nothing may follow
 }
 
@@ -283,6 +286,7 @@ Task<std::unique_ptr<google::protobuf::Message>> Activation::call(
   auto response = co_await shard_.runtime().call(shard_, std::move(chain), method, std::move(key),
                                                  std::move(request), options);
   current_ = turn;  // this turn's code runs again
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   co_return response;
 }
 
@@ -370,6 +374,7 @@ Task<detail::StoredState> Activation::read_state(const std::string& provider_nam
   auto start = [&](storage::Completion done) { p.read(key, std::move(done)); };
   auto out = co_await storage_op(shard_.io(), std::move(start));
   current_ = turn;
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (!out.ok()) throw Error(out.code, out.error);
   co_return detail::StoredState{std::move(out.data), out.etag};
 }
@@ -382,6 +387,7 @@ Task<std::uint64_t> Activation::write_state(const std::string& provider_name, co
   auto start = [&](storage::Completion done) { p.write(key, std::move(data), etag, std::move(done)); };
   auto out = co_await storage_op(shard_.io(), std::move(start));
   current_ = turn;
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (!out.ok()) fail_state_operation(out.code, out.error);
   co_return out.etag;
 }
@@ -405,6 +411,7 @@ Task<void> Activation::clear_state(const std::string& provider_name, const std::
   auto start = [&](storage::Completion done) { p.clear(key, etag, std::move(done)); };
   auto out = co_await storage_op(shard_.io(), std::move(start));
   current_ = turn;
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (!out.ok()) fail_state_operation(out.code, out.error);
 }
 
@@ -453,6 +460,7 @@ Task<void> Activation::register_reminder(std::string name, std::chrono::millisec
   };
   auto [reply, ignored] = co_await reminder_op<int>(shard_.io(), std::move(op));
   current_ = turn;
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
 }
 
@@ -465,6 +473,7 @@ Task<void> Activation::unregister_reminder(std::string name) {
   };
   auto [reply, ignored] = co_await reminder_op<int>(shard_.io(), std::move(op));
   current_ = turn;
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
 }
 
@@ -476,6 +485,7 @@ Task<std::vector<ReminderInfo>> Activation::list_reminders() {
   };
   auto [reply, list] = co_await reminder_op<std::vector<ReminderInfo>>(shard_.io(), std::move(op));
   current_ = turn;
+  if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
   co_return list;
 }

@@ -100,7 +100,7 @@ class Activation final : public detail::ActivationContext {
   std::string key_;
   std::unique_ptr<Grain> grain_;
   State state_ = State::activating;
-  std::deque<RequestPtr> queue_;
+  RequestQueue queue_;
   std::uint32_t running_ = 0;            // turns in progress
   std::uint32_t running_exclusive_ = 0;  // ... of which neither read_only nor always_interleave
   std::uint32_t running_read_only_ = 0;

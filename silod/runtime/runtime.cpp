@@ -177,20 +177,21 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
   if (timeout.count() <= 0) timeout = std::chrono::milliseconds(m->timeout_ms);
   if (timeout.count() <= 0) timeout = options_.call_timeout;
   r->deadline = Clock::now() + timeout;
-  const std::string target = r->describe();
+  // The key moves into the request: errors name the grain by type and method (no string built per call).
   Reply reply = co_await from.call(std::move(r));
   if (reply.code != StatusCode::ok) {
     if (reply.code == StatusCode::deadline_exceeded) {
-      throw Error(reply.code, target + ": " + reply.error + " (" + std::to_string(timeout.count()) +
-                                  " ms); the call was not resent");
+      throw Error(reply.code, std::string(cls->name()) + "." + m->name + ": " + reply.error + " (" +
+                                  std::to_string(timeout.count()) + " ms); the call was not resent");
     }
     throw Error(reply.code, reply.error);
   }
   if (!reply.response) {
     reply.response.reset(m->response_prototype->New());
     if (!reply.response_bytes.empty() && !reply.response->ParseFromString(reply.response_bytes)) {
-      throw Error(StatusCode::internal,
-                  target + ": cannot parse the remote response as " + reply.response->GetTypeName());
+      throw Error(StatusCode::internal, std::string(cls->name()) + "." + m->name +
+                                            ": cannot parse the remote response as " +
+                                            reply.response->GetTypeName());
     }
   }
   co_return std::move(reply.response);
@@ -279,10 +280,14 @@ void Runtime::watchdog_loop() {
       if (stalled >= options_.turn_warning) {
         if (!warned[i]) {
           const MethodInfo* m = s.last_turn_method.load(std::memory_order_relaxed);
+          // Blame the turn that runs: it is reported with its grain id when it ends.
+          s.stalled_ms.store(stalled.count(), std::memory_order_relaxed);
+          s.stalled_turn.store(s.running_turn.load(std::memory_order_relaxed), std::memory_order_relaxed);
           spdlog::warn(
-              "grains: worker {} has been blocked for {} ms, last turn started: {}{}{}; a grain is "
-              "blocking its thread (sleep, blocking I/O, long loop)",
-              i, stalled.count(), m ? m->type->name : "a timer", m ? "." : "", m ? m->name : "");
+              "grains: worker {} has been blocked for {} ms, running {}{}{}; a grain is blocking its "
+              "thread (sleep, blocking I/O, long loop)",
+              i, stalled.count(), m && m->type ? m->type->name : "a timer or reminder",
+              m && m->type ? "." : "", m && m->type ? m->name : "");
           warned[i] = true;
         }
       } else {

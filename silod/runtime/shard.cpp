@@ -18,6 +18,7 @@ namespace asio = boost::asio;
 struct Shard::Pending {
   virtual ~Pending() = default;
   virtual void complete(Reply reply) = 0;
+  Clock::time_point deadline = Clock::time_point::max();
 };
 
 Shard::Shard(Runtime& runtime, std::uint32_t index)
@@ -113,9 +114,14 @@ Task<Reply> Shard::call(RequestPtr request, std::function<void(RequestPtr)> send
           void complete(Reply reply) override { std::move(handler)(std::move(reply)); }
           Handler handler;
         };
-        pending_.emplace(id, std::make_unique<Impl>(std::move(handler)));
+        auto pending = std::make_unique<Impl>(std::move(handler));
+        pending->deadline = deadline;
+        pending_.emplace(id, std::move(pending));
         if (deadline != Clock::time_point::max()) {
           deadlines_.emplace(deadline, id);
+          // Completed calls leave their entry behind until it comes due; rebuilding from the calls still
+          // pending keeps the heap proportional to calls in flight, not to throughput x timeout.
+          if (deadlines_.size() > 2 * pending_.size() + 64) compact_deadlines();
           if (deadline < deadline_armed_) arm_deadline_timer();
         }
         route();
@@ -141,6 +147,14 @@ void Shard::reply(const Request& request, Reply reply) {
   asio::post(caller.io(), [&caller, id = request.call_id, r = std::move(reply)]() mutable {
     caller.complete(id, std::move(r));
   });
+}
+
+void Shard::compact_deadlines() {
+  std::vector<DeadlineEntry> live;
+  live.reserve(pending_.size());
+  for (const auto& [id, p] : pending_)
+    if (p->deadline != Clock::time_point::max()) live.emplace_back(p->deadline, id);
+  deadlines_ = decltype(deadlines_)(std::greater<>(), std::move(live));
 }
 
 void Shard::arm_deadline_timer() {

@@ -92,13 +92,29 @@ class Shard {
   /// Activation count of each grain type on this shard (called on the thread).
   void count_by_type(std::unordered_map<std::string, std::size_t>& out) const;
 
-  // Watchdog support: the last heartbeat time and the turn that started last.
+  // Watchdog support: the last heartbeat, the turn whose code runs (or ran last) on this worker, and the
+  // turn the watchdog caught blocking it (reported with its grain id when that turn ends).
   std::atomic<std::int64_t> heartbeat_ns{0};
   std::atomic<const MethodInfo*> last_turn_method{nullptr};
+  std::atomic<std::uint64_t> running_turn{0};
+  std::atomic<std::uint64_t> stalled_turn{0};
+  std::atomic<std::int64_t> stalled_ms{0};
+  /// A new turn starts (on the thread); returns its id.
+  std::uint64_t begin_turn(const MethodInfo* method) noexcept {
+    last_turn_method.store(method, std::memory_order_relaxed);
+    running_turn.store(++next_turn_, std::memory_order_relaxed);
+    return next_turn_;
+  }
+  /// A turn's code runs again after an await.
+  void resume_turn(std::uint64_t id, const MethodInfo* method) noexcept {
+    last_turn_method.store(method, std::memory_order_relaxed);
+    running_turn.store(id, std::memory_order_relaxed);
+  }
 
  private:
   struct Pending;
   void arm_deadline_timer();
+  void compact_deadlines();
   void on_deadline_timer();
   void schedule_collection();
   void collect_idle();
@@ -112,7 +128,8 @@ class Shard {
   std::unordered_map<GrainKey, std::vector<std::unique_ptr<Activation>>, GrainKeyHash, GrainKeyEq> catalog_;
   std::atomic<std::size_t> activations_{0};
 
-  std::uint64_t next_call_id_;  // the worker's index in the top 16 bits: replies find their way back
+  std::uint64_t next_call_id_;
+  std::uint64_t next_turn_ = 0;  // the worker's index in the top 16 bits: replies find their way back
   std::unordered_map<std::uint64_t, std::unique_ptr<Pending>> pending_;
   using DeadlineEntry = std::pair<Clock::time_point, std::uint64_t>;
   std::priority_queue<DeadlineEntry, std::vector<DeadlineEntry>, std::greater<>> deadlines_;

@@ -324,14 +324,18 @@ TEST_CASE("call_chain_reentrancy lets a call that comes back along its chain run
   CHECK(r.visited(2) == "a");
 }
 
-TEST_CASE("a long turn is reported with the grain id and method", "[conformance]") {
+TEST_CASE("a turn that blocks its worker is reported with grain id and method; one that only awaits is not",
+          "[conformance]") {
   silo::runtime::RuntimeOptions options;
   options.turn_warning = 100ms;
   Silo silo(options);
   silo.run(
       [](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "slowpoke").Work(work(0, 300)); });
-  CHECK(conformance::logged("grain test.Recorder/slowpoke: turn test.Recorder/slowpoke.Work took"));
   CHECK(conformance::logged("has been blocked for"));
+  CHECK(conformance::logged("grain test.Recorder/slowpoke: turn test.Recorder/slowpoke.Work blocked worker"));
+  // 400 ms of awaiting (other grains, storage, timers) blocks nobody: no warning.
+  silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "patient").Work(work(400)); });
+  CHECK_FALSE(conformance::logged("grain test.Recorder/patient: turn"));
 }
 
 TEST_CASE("stopping the runtime deactivates every activation", "[conformance]") {
