@@ -223,6 +223,12 @@ void Runtime::route(Shard& from, RequestPtr request) {
     return;
   }
   Shard& target = shard_for(*request->cls, request->key);
+  if (&target == &from) {
+    // Already on the grain's worker (always for gateway calls, often for grain-to-grain ones): deliver
+    // now instead of a post. Safe: deliver only queues and posts; nothing in it resumes the caller.
+    target.deliver(std::move(request));
+    return;
+  }
   asio::post(target.io(), [&target, r = std::move(request)]() mutable { target.deliver(std::move(r)); });
 }
 
