@@ -12,6 +12,7 @@
 #include <silo/asio.hpp>
 
 #include "gateway/reflection.hpp"
+#include "messaging/batched_stream.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
 #include "silo/gateway.grpc.pb.h"
@@ -190,9 +191,11 @@ class GenericService final : public grpc::CallbackGenericService {
 
 // The C++ client's batched stream: many calls in flight, results written in batches. Results arrive on
 // worker threads; reads and writes complete on gRPC's threads; a mutex orders the two.
-class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::ServerFrame> {
+class StreamReactor final
+    : public messaging::BatchedServerStream<StreamReactor, gw::ClientFrame, gw::ServerFrame, gw::Result> {
  public:
-  explicit StreamReactor(GatewayServer& gw) : gw_(gw) {
+  explicit StreamReactor(GatewayServer& gw)
+      : BatchedServerStream(gw.config().gateway.max_message_size), gw_(gw) {
     gw_.add_stream(this);
     // Initial metadata at once: the client takes it as proof that this gateway accepted the stream, and
     // only resends calls elsewhere when a stream failed before that (so they never reached a silo).
@@ -218,20 +221,6 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
       start_call(call);
     in_.Clear();
     StartRead(&in_);
-  }
-
-  void OnWriteDone(bool ok) override {
-    std::lock_guard lock(mutex_);
-    writing_ = false;
-    if (!ok) broken_ = true;
-    flush_locked();
-    maybe_finish_locked();
-  }
-
-  void OnCancel() override {
-    std::lock_guard lock(mutex_);
-    broken_ = true;
-    maybe_finish_locked();
   }
 
   void OnDone() override {
@@ -292,44 +281,29 @@ class StreamReactor final : public grpc::ServerBidiReactor<gw::ClientFrame, gw::
         result.set_error(std::move(r.error));
         result.set_retry_elsewhere(r.location == "retry");
       }
-      results_.push_back(std::move(result));
-      flush_locked();
+      push_locked(std::move(result));
     }
     maybe_finish_locked();
   }
 
-  void flush_locked() {
-    if (writing_ || broken_ || finished_) return;
-    const bool announce = draining_ && !drain_sent_;
-    if (results_.empty() && !announce) return;
-    writing_ = true;
-    out_.Clear();
-    wire::fill_frame(results_, *out_.mutable_results(), gw_.config().gateway.max_message_size);
-    if (announce) {
-      out_.set_draining(true);
-      drain_sent_ = true;
-    }
-    StartWrite(&out_);
+  friend class messaging::BatchedServerStream<StreamReactor, gw::ClientFrame, gw::ServerFrame, gw::Result>;
+  google::protobuf::RepeatedPtrField<gw::Result>* frame_items(gw::ServerFrame& out) {
+    return out.mutable_results();
   }
-
-  void maybe_finish_locked() {
-    if (finished_ || outstanding_ > 0 || writing_) return;
-    if (broken_) {
-      finished_ = true;
-      Finish(grpc::Status::CANCELLED);
-    } else if (reading_done_ && results_.empty()) {
-      finished_ = true;
-      Finish(grpc::Status::OK);
-    }
+  bool announce_locked(gw::ServerFrame& out) {
+    if (!draining_ || drain_sent_) return false;
+    out.set_draining(true);
+    drain_sent_ = true;
+    return true;
   }
+  // Completions of calls in flight reference this stream: it may finish only when none is left.
+  bool can_cancel_locked() const { return outstanding_ == 0; }
+  bool can_end_locked() const { return reading_done_ && outstanding_ == 0; }
 
   GatewayServer& gw_;
   gw::ClientFrame in_;
-  std::mutex mutex_;
-  std::deque<gw::Result> results_;  // not yet written
-  gw::ServerFrame out_;             // the frame being written
   std::int64_t outstanding_ = 0;
-  bool writing_ = false, reading_done_ = false, broken_ = false, finished_ = false;
+  bool reading_done_ = false;
   bool draining_ = false, drain_sent_ = false;
 };
 

@@ -1,5 +1,7 @@
 #include "messaging/messenger.hpp"
 
+#include "messaging/batched_stream.hpp"
+
 #include <deque>
 #include <set>
 #include <thread>
@@ -38,7 +40,7 @@ in::Envelope failure_response(std::uint64_t id, StatusCode code, const std::stri
 }
 
 // A peer's stream into this silo. Requests are handed over as they arrive; responses are batched back.
-class InboundStream final : public grpc::ServerBidiReactor<in::Batch, in::Batch> {
+class InboundStream final : public BatchedServerStream<InboundStream, in::Batch, in::Batch, in::Envelope> {
  public:
   class Sink final : public ResponseSink {
    public:
@@ -58,7 +60,7 @@ class InboundStream final : public grpc::ServerBidiReactor<in::Batch, in::Batch>
   };
 
   InboundStream(const Messenger& m, std::size_t max_message)
-      : messenger_(m), max_message_(max_message), sink_(std::make_shared<Sink>(this)) {
+      : BatchedServerStream(max_message), messenger_(m), sink_(std::make_shared<Sink>(this)) {
     StartSendInitialMetadata();
     StartRead(&in_);
   }
@@ -86,20 +88,6 @@ class InboundStream final : public grpc::ServerBidiReactor<in::Batch, in::Batch>
     StartRead(&in_);
   }
 
-  void OnWriteDone(bool ok) override {
-    std::lock_guard lock(mutex_);
-    writing_ = false;
-    if (!ok) broken_ = true;
-    flush_locked();
-    maybe_finish_locked();
-  }
-
-  void OnCancel() override {
-    std::lock_guard lock(mutex_);
-    broken_ = true;
-    maybe_finish_locked();
-  }
-
   void OnDone() override {
     sink_->detach();
     delete this;
@@ -119,39 +107,25 @@ class InboundStream final : public grpc::ServerBidiReactor<in::Batch, in::Batch>
       response.set_error("response of " + std::to_string(size) + " bytes exceeds the message size limit (" +
                          std::to_string(max_message_) + ")");
     }
-    pending_.push_back(std::move(response));
-    flush_locked();
+    push_locked(std::move(response));
   }
 
  private:
-  void flush_locked() {
-    if (writing_ || broken_ || finished_ || pending_.empty()) return;
-    writing_ = true;
-    out_.Clear();
-    wire::fill_frame(pending_, *out_.mutable_envelopes(), max_message_);
-    StartWrite(&out_);
+  friend class BatchedServerStream<InboundStream, in::Batch, in::Batch, in::Envelope>;
+  google::protobuf::RepeatedPtrField<in::Envelope>* frame_items(in::Batch& out) {
+    return out.mutable_envelopes();
   }
-  void maybe_finish_locked() {
-    if (finished_ || writing_) return;
-    if (broken_) {
-      finished_ = true;
-      Finish(grpc::Status::CANCELLED);
-    } else if (reading_done_ && outstanding_ <= 0 && pending_.empty()) {
-      finished_ = true;
-      Finish(grpc::Status::OK);
-    }
-  }
+  bool announce_locked(in::Batch&) { return false; }
+  // Responses reach this stream through the sink, which OnDone detaches: a broken stream may end at once.
+  bool can_cancel_locked() const { return true; }
+  bool can_end_locked() const { return reading_done_ && outstanding_ <= 0; }
 
   const Messenger& messenger_;
-  std::size_t max_message_;
   std::shared_ptr<Sink> sink_;
   std::string peer_;
   in::Batch in_;
-  std::mutex mutex_;
-  std::deque<in::Envelope> pending_;
-  in::Batch out_;
   std::int64_t outstanding_ = 0;
-  bool writing_ = false, reading_done_ = false, broken_ = false, finished_ = false;
+  bool reading_done_ = false;
 };
 
 }  // namespace
