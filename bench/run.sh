@@ -3,13 +3,21 @@
 # bench/results/latest.json (see docs/BENCHMARKS.md).
 #   bench/run.sh            full run: each measurement 3 times, min/median/max (about 11 minutes)
 #   bench/run.sh --quick    one of each, shorter windows (under 5 minutes on 2 cores)
-# Durable writes, cross-silo and failover need PostgreSQL through the PG* variables:
-# `pg_virtualenv -t -- bench/run.sh` (-t: apart from a pg_virtualenv tests/run.sh may be running).
+# Durable writes, cross-silo and failover need PostgreSQL: the PG* variables when set, otherwise the script
+# re-runs itself under `pg_virtualenv -t` (a throwaway cluster, apart from any other run's).
 # Servers (silod, the raw servers) run on CPU 0 and clients on CPU 1, the same for silo and baseline; the
 # in-process benchmarks use both CPUs. Benchmarks are not tests: nothing here fails on a slow result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+
+./deploy/install-deps.sh
+# Without a PostgreSQL in the environment, run under a throwaway one of our own: the durable-writes,
+# cross-silo and failover rows need it, and a fresh clone should print every row.
+if [ -z "${PGHOST:-}" ] && [ -z "${SILO_BENCH_IN_PG_VIRTUALENV:-}" ] && command -v pg_virtualenv >/dev/null; then
+  export SILO_BENCH_IN_PG_VIRTUALENV=1
+  exec pg_virtualenv -t -- "$0" "$@"
+fi
 
 quick=0
 case "${1:-}" in
