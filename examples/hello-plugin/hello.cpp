@@ -10,8 +10,11 @@ class Greeter final : public hello::GreeterGrain {
     g.set_count(++count_);
     co_return g;
   }
+
  private:
   std::int64_t count_ = 0;
 };
 }  // namespace
-SILO_PLUGIN(hello) { registry.add<Greeter>(); }
+SILO_PLUGIN(hello) {
+  registry.add<Greeter>();
+}
