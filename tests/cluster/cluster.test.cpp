@@ -32,8 +32,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <catch2/catch.hpp>
+
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "pg_server.hpp"
 
 #include "bench.pb.h"
 #include "bench.silo.h"
@@ -67,12 +69,7 @@ std::string tail(const std::string& text, std::size_t n = 6000) {
 }
 
 void require_postgres() {
-  const char* host = std::getenv("PGHOST");
-  if (host == nullptr || *host == '\0') {
-    FAIL(
-        "PGHOST is unset: run the cluster tests under pg_virtualenv (tests/run.sh does; by hand: "
-        "pg_virtualenv -- build/bin/silo_cluster_tests)");
-  }
+  silo::test::require_postgres("silo_cluster_tests");
 }
 
 // Each test case gets its own cluster id, so cases never see each other's rows in the shared database.
@@ -347,124 +344,9 @@ std::string key_of(const std::string& prefix, int i) {
 
 // ---- controlling the PostgreSQL server -------------------------------------------------------------------
 
-// How this test stops and starts the server of the PG* environment: pg_ctlcluster for a Debian cluster
-// (pg_virtualenv's, found by its port in pg_lsclusters), else pg_ctl on the data directory the server
-// reports, with the options it was started with (postmaster.opts), as the directory's owner.
-struct PgControl {
-  std::vector<std::string> stop, start;
-  std::string how;
-};
-
-std::vector<std::string> split_words(const std::string& line) {
-  std::istringstream in(line);
-  std::vector<std::string> out;
-  for (std::string w; in >> w;)
-    out.push_back(w);
-  return out;
-}
-
-std::optional<PgControl> find_pg_control(std::string& why) {
-  const char* env_port = std::getenv("PGPORT");
-  const std::string port = env_port && *env_port ? env_port : "5432";
-  if (fs::exists("/usr/bin/pg_lsclusters") && fs::exists("/usr/bin/pg_ctlcluster")) {
-    const auto r = run_command({"/usr/bin/pg_lsclusters", "--no-header"}, 20s);
-    std::istringstream lines(r.output);
-    for (std::string line; std::getline(lines, line);) {
-      const auto w = split_words(line);  // Ver Cluster Port Status Owner Data-directory Log-file
-      if (w.size() >= 4 && w[2] == port && w[3].starts_with("online")) {
-        PgControl c;
-        c.stop = {"/usr/bin/pg_ctlcluster", "--mode=fast", w[0], w[1], "stop"};
-        c.start = {"/usr/bin/pg_ctlcluster", w[0], w[1], "start"};
-        c.how = "pg_ctlcluster " + w[0] + " " + w[1];
-        return c;
-      }
-    }
-    why += "pg_lsclusters lists no online cluster on port " + port + ";\n";
-  }
-  const auto q = run_command(
-      {kPsql, "-XAtc",
-       "SELECT current_setting('data_directory') || ' ' || current_setting('server_version_num')"},
-      20s);
-  const auto w = split_words(q.output);
-  if (q.exit_code != 0 || w.size() != 2) {
-    why += "cannot ask the server for its data directory (psql exit " + std::to_string(q.exit_code) +
-           "): " + q.output;
-    return std::nullopt;
-  }
-  const std::string data = w[0];
-  const std::string major = w[1].substr(0, w[1].size() - 4);
-  const std::string pg_ctl = "/usr/lib/postgresql/" + major + "/bin/pg_ctl";
-  const std::string opts_text = silo::test::read_file(data + "/postmaster.opts");
-  struct stat st {};
-  if (!fs::exists(pg_ctl) || opts_text.empty() || ::stat(data.c_str(), &st) != 0) {
-    why += "no " + pg_ctl + ", or cannot read " + data + "/postmaster.opts";
-    return std::nullopt;
-  }
-  // postmaster.opts: the binary, then "-D" "DIR" and the other options, each double-quoted.
-  std::string options;
-  {
-    std::vector<std::string> quoted;
-    for (std::size_t at = opts_text.find('"'); at != std::string::npos;) {
-      const auto end = opts_text.find('"', at + 1);
-      if (end == std::string::npos) break;
-      quoted.push_back(opts_text.substr(at, end - at + 1));
-      at = opts_text.find('"', end + 1);
-    }
-    for (std::size_t i = 0; i < quoted.size(); ++i) {
-      if (quoted[i] == "\"-D\"") {
-        ++i;
-        continue;
-      }
-      options += (options.empty() ? "" : " ") + quoted[i];
-    }
-  }
-  std::vector<std::string> as_owner;
-  if (::geteuid() != st.st_uid) {
-    const passwd* pw = ::getpwuid(st.st_uid);
-    if (::geteuid() != 0 || pw == nullptr || !fs::exists("/usr/sbin/runuser")) {
-      why += data + " belongs to another user and this test is not root";
-      return std::nullopt;
-    }
-    as_owner = {"/usr/sbin/runuser", "-u", pw->pw_name, "--"};
-  }
-  PgControl c;
-  c.stop = as_owner;
-  c.stop.insert(c.stop.end(), {pg_ctl, "-D", data, "-w", "-m", "fast", "stop"});
-  c.start = as_owner;
-  // -l: the server must not inherit run_command's pipe, or run_command would wait for it to exit.
-  c.start.insert(c.start.end(), {pg_ctl, "-D", data, "-w", "-t", "60", "-l", "/dev/null", "start"});
-  if (!options.empty()) c.start.insert(c.start.end() - 1, {"-o", options});
-  c.how = "pg_ctl -D " + data;
-  return c;
-}
-
 bool postgres_answers() {
   return run_command({kPsql, "-XAtc", "SELECT 1"}, 10s).exit_code == 0;
 }
-
-// Stops the server; restarts it when destroyed unless start() did, so a failing test never leaves the
-// database down for the tests after it.
-class PgOutage {
- public:
-  explicit PgOutage(PgControl c) : c_(std::move(c)) {}
-  ~PgOutage() {
-    if (down_) run_command(c_.start, 90s);
-  }
-  silo::test::CommandResult stop() {
-    auto r = run_command(c_.stop, 90s);
-    down_ = true;
-    return r;
-  }
-  silo::test::CommandResult start() {
-    auto r = run_command(c_.start, 90s);
-    if (r.exit_code == 0) down_ = false;
-    return r;
-  }
-
- private:
-  PgControl c_;
-  bool down_ = false;
-};
 
 // ---- continuous load -------------------------------------------------------------------------------------
 
@@ -725,13 +607,11 @@ TEST_CASE("a SIGSTOPped silo is declared dead and exits with code 3 after SIGCON
 
 TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resumes after", "[cluster]") {
   Cluster cluster("pgdown");
-  std::string why;
-  const std::optional<PgControl> control = find_pg_control(why);
-  if (!control) {
-    FAIL("cannot stop and start the PostgreSQL server of the PG* environment (PGHOST="
-         << (std::getenv("PGHOST") ? std::getenv("PGHOST") : "")
-         << " PGPORT=" << (std::getenv("PGPORT") ? std::getenv("PGPORT") : "") << "):\n"
-         << why);
+  silo::test::PgServer pg;
+  if (!pg.found()) {
+    FAIL("cannot stop and start the PostgreSQL of the PG* environment (PGPORT="
+         << (std::getenv("PGPORT") ? std::getenv("PGPORT") : "")
+         << "): pg_lsclusters lists no online cluster on that port; run under pg_virtualenv");
   }
   cluster.start_nodes(3);
 
@@ -767,10 +647,9 @@ TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resum
     }
   };
 
-  PgOutage outage(*control);
-  const auto stopped = outage.stop();
-  INFO("stopping PostgreSQL with " << control->how << ":\n" << stopped.output);
-  REQUIRE(stopped.exit_code == 0);
+  const bool stopped = pg.stop();
+  INFO("stopping PostgreSQL with " << pg.describe() << ":\n" << pg.last_output());
+  REQUIRE(stopped);
   REQUIRE_FALSE(postgres_answers());
   call_for(30s);
   // The silos kept their last view: all three still active.
@@ -780,12 +659,12 @@ TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resum
     REQUIRE(s);
     CHECK(active_addresses(*s).size() == 3);
   }
-  const auto started = outage.start();
-  INFO("starting PostgreSQL with " << control->how << ":\n" << started.output);
-  REQUIRE(started.exit_code == 0);
+  const bool started = pg.start();
+  INFO("starting PostgreSQL with " << pg.describe() << ":\n" << pg.last_output());
+  REQUIRE(started);
   REQUIRE(wait_until(postgres_answers, 30s));
   call_for(2s);
-  std::cout << "PostgreSQL outage (" << control->how << "): " << calls << " calls, " << failures.size()
+  std::cout << "PostgreSQL outage (" << pg.describe() << "): " << calls << " calls, " << failures.size()
             << " failed" << std::endl;
 
   INFO(cluster.logs());

@@ -27,8 +27,10 @@
 
 #include <grpcpp/grpcpp.h>
 #include <catch2/catch.hpp>
+
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "pg_server.hpp"
 
 #include "process.hpp"
 #include "silo/gateway.grpc.pb.h"
@@ -59,12 +61,7 @@ std::string tail(const std::string& text, std::size_t n = 5000) {
 }
 
 void require_postgres() {
-  const char* host = std::getenv("PGHOST");
-  if (host == nullptr || *host == '\0') {
-    FAIL(
-        "PGHOST is unset: the durable tests need a PostgreSQL; run them under pg_virtualenv (tests/run.sh "
-        "does; by hand: pg_virtualenv -- build/bin/silo_durable_tests)");
-  }
+  silo::test::require_postgres("silo_durable_tests");
 }
 
 std::string unique_cluster(const std::string& what) {
@@ -327,49 +324,6 @@ silo::Task<void> add_loop(teststate::PgCounterRef ref, Burst& b) {
 
 // ---- stopping and starting PostgreSQL --------------------------------------------------------------------
 
-std::vector<std::string> split_words(const std::string& line) {
-  std::istringstream in(line);
-  std::vector<std::string> out;
-  for (std::string w; in >> w;)
-    out.push_back(w);
-  return out;
-}
-
-// The pg_virtualenv cluster (the one on PGPORT, found with pg_lsclusters), stopped and started with
-// pg_ctlcluster. Started again on destruction, so a failing case never leaves the database down for the
-// next one.
-class PgServer {
- public:
-  PgServer() {
-    const char* env_port = std::getenv("PGPORT");
-    const std::string port = env_port && *env_port ? env_port : "5432";
-    if (!std::filesystem::exists("/usr/bin/pg_lsclusters")) return;
-    const auto r = run_command({"/usr/bin/pg_lsclusters", "--no-header"}, 20s);
-    std::istringstream lines(r.output);
-    for (std::string line; std::getline(lines, line);) {
-      const auto w = split_words(line);  // Ver Cluster Port Status Owner Data-directory Log-file
-      if (w.size() >= 4 && w[2] == port && w[3].starts_with("online")) version_ = w[0], name_ = w[1];
-    }
-  }
-  ~PgServer() {
-    if (down_) start();
-  }
-  bool found() const { return !name_.empty(); }
-  silo::test::CommandResult stop() {
-    down_ = true;
-    return run_command({"/usr/bin/pg_ctlcluster", version_, name_, "stop", "--", "-m", "fast"}, 60s);
-  }
-  silo::test::CommandResult start() {
-    auto r = run_command({"/usr/bin/pg_ctlcluster", version_, name_, "start"}, 60s);
-    if (r.exit_code == 0) down_ = false;
-    return r;
-  }
-
- private:
-  std::string version_, name_;
-  bool down_ = false;
-};
-
 }  // namespace
 
 // ---- state -----------------------------------------------------------------------------------------------
@@ -452,7 +406,7 @@ TEST_CASE("state survives deactivation, a graceful restart and kill -9 of its si
 TEST_CASE("PostgreSQL stopped during writes: UNAVAILABLE, silod keeps running, writes resume",
           "[cluster][durable]") {
   require_postgres();
-  PgServer pg;
+  silo::test::PgServer pg;
   REQUIRE(pg.found());
   Node node(unique_cluster("outage"), "silo-0", {});
   node.start();
@@ -467,9 +421,9 @@ TEST_CASE("PostgreSQL stopped during writes: UNAVAILABLE, silod keeps running, w
   for (int i = 0; i < 3; ++i)
     loops.push_back(client->spawn(add_loop(client->ref<teststate::PgCounterRef>(key), burst)));
   REQUIRE(wait_until([&] { return burst.acked.load() >= 20; }, 10s));
-  const auto stopped = pg.stop();
-  INFO("pg_ctlcluster stop: " << stopped.output);
-  REQUIRE(stopped.exit_code == 0);
+  const bool stopped = pg.stop();
+  INFO(pg.describe() << " stop: " << pg.last_output());
+  REQUIRE(stopped);
   // The loops end at their first failure; each call has 5 s before the client gives up on it.
   for (auto& f : loops)
     REQUIRE(f.wait_for(20s) == std::future_status::ready);
@@ -501,9 +455,9 @@ TEST_CASE("PostgreSQL stopped during writes: UNAVAILABLE, silod keeps running, w
 
   // The server returns: writes succeed again (a write whose commit was cut off may still be refused once
   // as stale, which deactivates the grain; the next call then reads the stored state afresh).
-  const auto started = pg.start();
-  INFO("pg_ctlcluster start: " << started.output);
-  REQUIRE(started.exit_code == 0);
+  const bool started = pg.start();
+  INFO(pg.describe() << " start: " << pg.last_output());
+  REQUIRE(started);
   Result<teststate::Total> again;
   const bool resumed = wait_until(
       [&] {

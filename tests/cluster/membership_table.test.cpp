@@ -15,7 +15,9 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+
 #include <pqxx/pqxx>
+#include "pg_server.hpp"
 
 #include "cluster/membership_table.hpp"
 
@@ -43,12 +45,7 @@ std::string unique_cluster(const std::string& what) {
 }
 
 void require_postgres() {
-  const char* host = std::getenv("PGHOST");
-  if (host == nullptr || *host == '\0') {
-    FAIL(
-        "PGHOST is unset: run the PostgreSQL membership tests under pg_virtualenv "
-        "(tests/run.sh does; by hand: pg_virtualenv -- build/bin/silo_membership_tests)");
-  }
+  silo::test::require_postgres("silo_membership_tests");
 }
 
 // "Another silo" of the local table is the same table from another thread: it is single-process.

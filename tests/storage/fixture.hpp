@@ -20,7 +20,9 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 #include <catch2/catch.hpp>
+
 #include <pqxx/pqxx>
+#include "pg_server.hpp"
 
 #include "config/config.hpp"
 #include "plugins/plugin_loader.hpp"
@@ -64,12 +66,7 @@ inline int count_logged(const std::string& needle) {
 /// Fails the test (never skips it) when there is no PostgreSQL to talk to. Also starts capturing log lines.
 inline void require_postgres() {
   capture_logs();
-  const char* host = std::getenv("PGHOST");
-  if (!host || !*host) {
-    FAIL(
-        "PGHOST is not set: the storage tests need a PostgreSQL; run them under pg_virtualenv, e.g. "
-        "`pg_virtualenv -- build/bin/silo_storage_tests` (tests/run.sh does this when run as root)");
-  }
+  silo::test::require_postgres("silo_storage_tests");
 }
 
 inline silo::config::StorageProviderConfig pg_config(bool group_commit = true, unsigned pool_size = 2,
@@ -194,40 +191,5 @@ inline std::string shell(const std::string& command) {
   }
   return out;
 }
-
-/// The pg_virtualenv cluster (the one listening on PGPORT), stopped and started with pg_ctlcluster. Restarts
-/// the cluster on destruction, so a failing test does not leave PostgreSQL down for the next one.
-class Cluster {
- public:
-  Cluster() {
-    const char* port = std::getenv("PGPORT");
-    std::istringstream lines(shell("pg_lsclusters -h 2>/dev/null"));
-    std::string line;
-    while (std::getline(lines, line)) {
-      std::istringstream fields(line);
-      std::string version, name, cluster_port;
-      fields >> version >> name >> cluster_port;
-      if (port && cluster_port == port) id_ = version + " " + name;
-    }
-  }
-  ~Cluster() {
-    if (stopped_) start();
-  }
-  /// Empty when the cluster on PGPORT is not one pg_ctlcluster knows.
-  const std::string& id() const { return id_; }
-  bool stop() {
-    stopped_ = true;
-    return std::system(("pg_ctlcluster " + id_ + " stop -m fast >/dev/null 2>&1").c_str()) == 0;
-  }
-  bool start() {
-    const bool ok = std::system(("pg_ctlcluster " + id_ + " start >/dev/null 2>&1").c_str()) == 0;
-    if (ok) stopped_ = false;
-    return ok;
-  }
-
- private:
-  std::string id_;
-  bool stopped_ = false;
-};
 
 }  // namespace storage_test

@@ -227,8 +227,8 @@ TEST_CASE("start() fails clearly when PostgreSQL is unreachable", "[storage][pos
 TEST_CASE("PostgreSQL outage: operations fail with UNAVAILABLE, nothing hangs, writes resume after restart",
           "[storage][postgres]") {
   storage_test::require_postgres();
-  storage_test::Cluster cluster;
-  REQUIRE_FALSE(cluster.id().empty());  // pg_virtualenv's cluster on PGPORT, for pg_ctlcluster
+  silo::test::PgServer cluster;
+  REQUIRE(cluster.found());  // pg_virtualenv's cluster on PGPORT, for pg_ctlcluster
   auto pg = make_provider("outage", pg_config(true, 2));
   pg->start();
   const auto k = key("outage");
