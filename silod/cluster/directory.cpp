@@ -24,11 +24,11 @@ std::uint64_t stable_hash(std::string_view s) noexcept {
 
 Directory::Directory(SiloAddress self) : self_(std::move(self)) {
   ring_.emplace_back(stable_hash(self_.str()), self_);
-  live_.insert(self_.str());
+  active_.insert(self_.str());
   active_count_ = 1;
 }
 
-void Directory::update(const std::vector<SiloAddress>& active, const std::vector<SiloAddress>& live) {
+void Directory::update(const std::vector<SiloAddress>& active) {
   std::vector<std::pair<std::uint64_t, SiloAddress>> ring;
   for (const auto& a : active) {
     for (int i = 0; i < virtual_nodes; ++i)
@@ -36,14 +36,14 @@ void Directory::update(const std::vector<SiloAddress>& active, const std::vector
   }
   std::sort(ring.begin(), ring.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   std::unordered_set<std::string> alive;
-  for (const auto& a : live)
+  for (const auto& a : active)
     alive.insert(a.str());
   std::lock_guard lock(mutex_);
   ring_ = std::move(ring);
-  live_ = std::move(alive);
+  active_ = std::move(alive);
   active_count_ = active.size();
-  std::erase_if(partition_, [this](const auto& e) { return !live_.count(e.second); });
-  std::erase_if(cache_, [this](const auto& e) { return !live_.count(e.second.str()); });
+  std::erase_if(partition_, [this](const auto& e) { return !active_.count(e.second); });
+  std::erase_if(cache_, [this](const auto& e) { return !active_.count(e.second.str()); });
 }
 
 SiloAddress Directory::owner(std::string_view grain_id) const {
@@ -64,14 +64,16 @@ bool Directory::clustered() const {
 std::string Directory::register_local(const std::string& grain_id, const std::string& silo) {
   std::lock_guard lock(mutex_);
   auto [it, inserted] = partition_.try_emplace(grain_id, silo);
-  if (!inserted && it->second != silo && !live_.count(it->second)) it->second = silo;  // holder died
+  // A holder that is no longer active (dead, or shutting down and deactivating everything) gives way: the
+  // grain must move rather than be forwarded back to a silo that only places it elsewhere again.
+  if (!inserted && it->second != silo && !active_.count(it->second)) it->second = silo;
   return it->second;
 }
 
 std::string Directory::lookup_local(const std::string& grain_id) const {
   std::lock_guard lock(mutex_);
   auto it = partition_.find(grain_id);
-  return it == partition_.end() ? std::string() : it->second;
+  return it == partition_.end() || !active_.count(it->second) ? std::string() : it->second;
 }
 
 void Directory::unregister_local(const std::string& grain_id, const std::string& silo) {
@@ -111,7 +113,7 @@ std::optional<SiloAddress> Directory::cached(const std::string& grain_id) const 
 
 void Directory::cache(const std::string& grain_id, const SiloAddress& silo) {
   std::lock_guard lock(mutex_);
-  if (!live_.count(silo.str())) return;
+  if (!active_.count(silo.str())) return;
   if (cache_.size() >= max_cache) cache_.clear();
   cache_[grain_id] = silo;
 }
@@ -121,9 +123,9 @@ void Directory::uncache(const std::string& grain_id) {
   cache_.erase(grain_id);
 }
 
-bool Directory::is_live(const std::string& silo) const {
+bool Directory::is_active(const std::string& silo) const {
   std::lock_guard lock(mutex_);
-  return live_.count(silo) > 0;
+  return active_.count(silo) > 0;
 }
 
 std::size_t Directory::partition_size() const {

@@ -25,15 +25,16 @@ class Directory {
  public:
   explicit Directory(SiloAddress self);
 
-  /// Rebuilds the ring from the active silos and forgets entries and cache lines of silos not in `live`.
-  void update(const std::vector<SiloAddress>& active, const std::vector<SiloAddress>& live);
+  /// Rebuilds the ring from the active silos and forgets entries and cache lines of every other silo: only
+  /// an active silo holds grains (a shutting-down one is deactivating its own).
+  void update(const std::vector<SiloAddress>& active);
 
   /// The silo owning `grain_id`'s directory entry. Empty when no silo is active.
   SiloAddress owner(std::string_view grain_id) const;
   bool clustered() const;  // more than one active silo
 
   // The partition this silo owns (what the Directory rpc serves).
-  /// Registers `silo` unless a live silo holds the id already; returns the silo that holds it now.
+  /// Registers `silo` unless an active silo holds the id already; returns the silo that holds it now.
   std::string register_local(const std::string& grain_id, const std::string& silo);
   std::string lookup_local(const std::string& grain_id) const;
   void unregister_local(const std::string& grain_id, const std::string& silo);
@@ -44,14 +45,14 @@ class Directory {
   void cache(const std::string& grain_id, const SiloAddress& silo);
   void uncache(const std::string& grain_id);
 
-  bool is_live(const std::string& silo) const;
+  bool is_active(const std::string& silo) const;
   std::size_t partition_size() const;
 
  private:
   SiloAddress self_;
   mutable std::mutex mutex_;
   std::vector<std::pair<std::uint64_t, SiloAddress>> ring_;  // sorted by hash
-  std::unordered_set<std::string> live_;                     // SiloAddress::str() of live silos
+  std::unordered_set<std::string> active_;                   // SiloAddress::str() of the active silos
   std::unordered_map<std::string, std::string> partition_;   // grain id -> silo str
   std::unordered_map<std::string, SiloAddress> cache_;
   std::size_t active_count_ = 0;

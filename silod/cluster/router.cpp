@@ -82,22 +82,12 @@ messaging::Handlers ClusterRouter::handlers() {
 }
 
 void ClusterRouter::on_view(const MembershipSnapshot& view) {
-  std::vector<SiloAddress> active, live;
+  std::vector<SiloAddress> active;
   std::vector<Candidate> candidates;
   for (const auto& row : view.rows) {
-    switch (row.status) {
-      case SiloStatus::active:
-        active.push_back(row.address);
-        live.push_back(row.address);
-        candidates.push_back(Candidate{row.address, row.grain_types, row.activations});
-        break;
-      case SiloStatus::joining:
-      case SiloStatus::shutting_down:
-        live.push_back(row.address);
-        break;
-      case SiloStatus::dead:
-        break;
-    }
+    if (row.status != SiloStatus::active) continue;
+    active.push_back(row.address);
+    candidates.push_back(Candidate{row.address, row.grain_types, row.activations});
   }
   std::vector<std::string> members;
   for (const auto& a : active)
@@ -125,7 +115,7 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
     }
     last_status_ = std::move(statuses);
   }
-  directory_.update(active, live);
+  directory_.update(active);
   for (const auto& [silo, graceful] : newly_dead) {
     // A silo that left gracefully still answers what it was asked: drain, don't cancel.
     if (graceful)
