@@ -238,8 +238,10 @@ void ReminderService::unregister_reminder(std::string type, std::string key, std
         } catch (const TableUnavailable& e) {
           return done(Reply::failure(StatusCode::unavailable, e.what()));
         }
+        // Also while a tick is in flight (on_reminder may unregister its own reminder): that tick's
+        // completion finds no entry and does not arm the next one.
         auto it = scheduled_.find(type + "/" + key + "/" + name);
-        if (it != scheduled_.end() && !it->second.firing) {
+        if (it != scheduled_.end()) {
           it->second.timer->cancel();
           scheduled_.erase(it);
         }
