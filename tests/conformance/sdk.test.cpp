@@ -280,7 +280,9 @@ TEST_CASE("GrainRef::key() is the key it was made with, from a caller and from a
 }
 
 TEST_CASE("registering a reminder again replaces it: one reminder, the new period", "[conformance][sdk]") {
-  Silo silo(true);
+  // A long refresh interval: registration itself must replace the reminder; a periodic re-read of the
+  // table would hide a registration that left the old one scheduled.
+  Silo silo(true, 30s);
   auto remind = [&](int period_ms) {
     silo.run([period_ms](Caller& c) -> silo::Task<void> {
       sdk::ReminderRequest r;
