@@ -199,7 +199,7 @@ TEST_CASE("a plugin's placement director, named by the grain type, decides where
     placed_on<sdk::DirectedRef>(cluster, *clients[n % 3], "no-port-" + std::to_string(n));
 }
 
-TEST_CASE("hash placement: a key lands on the same silo whichever silo places it; keys spread",
+TEST_CASE("hash placement: a key lands on the same silo whichever silo places it, and keys spread",
           "[cluster][placement]") {
   Cluster cluster("hash");
   std::vector<std::unique_ptr<silo::Client>> clients;

@@ -165,7 +165,7 @@ silo::Error expect_error(F&& call) {
 
 }  // namespace
 
-TEST_CASE("a one-shot timer ticks once; cancel_timer stops a timer before and after its first tick",
+TEST_CASE("a one-shot timer ticks once, and cancel_timer stops a timer before and after its first tick",
           "[conformance][sdk]") {
   Silo silo;
   silo.run([](Caller& c) -> silo::Task<void> { co_await sdk::SdkRef(&c, "timers").Timers(sdk::Empty{}); });
@@ -445,7 +445,7 @@ TEST_CASE("PersistentState: stored bytes that do not parse fail every call with 
   CHECK(ok.etag_b() == 0);
 }
 
-TEST_CASE("a plugin whose SILO_PLUGIN body throws is refused with the exception's message; silod goes on",
+TEST_CASE("a plugin whose SILO_PLUGIN body throws is refused with the exception's message, and silod goes on",
           "[conformance][sdk][plugins]") {
   log_sink();
   const std::string message = "deliberate failure after registering sdk.Orphan";
