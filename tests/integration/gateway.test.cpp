@@ -707,7 +707,13 @@ TEST_CASE("C++ client: failover to the next gateway", "[integration][gateway]") 
     REQUIRE(activations_of(b.gateway, "bench.Counter") == static_cast<std::int64_t>(keys.size()));
     REQUIRE(activations_of(a.gateway, "bench.Counter") == 0);
 
-    silo::Client client = make_client({a.gateway, b.gateway});
+    // No gateway refresh: the client must stay on A (it would otherwise learn the cluster's gateways and
+    // may move to B before A dies).
+    silo::ClientOptions options;
+    options.gateways = {a.gateway, b.gateway};
+    options.default_timeout = kCallTimeout;
+    options.gateway_refresh = std::chrono::milliseconds(0);
+    silo::Client client(std::move(options));
     for (const auto& k : keys)
       REQUIRE(client.wait(client.ref<bench::CounterRef>(k).Add(bench_add(0))).total() == 0);
     CHECK(client.current_gateway() == a.gateway);
