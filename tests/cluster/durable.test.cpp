@@ -286,11 +286,43 @@ void set_alarm(silo::Client& c, const std::string& key, const std::string& name,
   REQUIRE(r.ok());
 }
 
+std::int64_t unix_ms() {
+  return std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// The ticks the silod hosting Alarm `key` delivered to it, in delivery order (empty if the call failed).
+std::vector<test::TickRecord> ticks_of(silo::Client& c, const std::string& key) {
+  const auto r = call(c, c.ref<test::AlarmRef>(key).Ticks(test::Empty{}, timeout(5s)));
+  INFO("Alarm(" << key << ").Ticks: " << r.describe());
+  CHECK(r.ok());
+  if (!r.ok()) return {};
+  return {r.value->ticks().begin(), r.value->ticks().end()};
+}
+
+std::string describe(const std::vector<test::TickRecord>& log) {
+  std::ostringstream out;
+  for (const auto& t : log)
+    out << "  " << t.name() << " due " << t.due_ms() << " ran " << t.at_ms() << (t.late() ? " late" : "")
+        << "\n";
+  return out.str();
+}
+
+// Never twice: due times strictly increase along the log. (Two silos firing one reminder, or one firing it
+// twice, repeat a due time.)
+void check_no_tick_twice(const std::vector<test::TickRecord>& log) {
+  INFO("ticks:\n" << describe(log));
+  for (std::size_t i = 1; i < log.size(); ++i)
+    CHECK(log[i].due_ms() > log[i - 1].due_ms());
+}
+
 void cancel_alarm(silo::Client& c, const std::string& key, const std::string& name) {
   test::AlarmRequest req;
   req.set_name(name);
   call(c, c.ref<test::AlarmRef>(key).Cancel(std::move(req), timeout(5s)));
 }
+
+const std::string unexpected = "unexpected exception: ";
 
 // Concurrent Adds of 1, each caller looping until told to stop or until its first failure (after a kill
 // every later call would fail too). `sent` counts calls started, `acked` those that returned a total.
@@ -318,8 +350,26 @@ silo::Task<void> add_loop(teststate::PgCounterRef ref, Burst& b) {
       std::lock_guard lock(b.mutex);
       b.errors.push_back(std::string(silo::to_string(e.code())) + ": " + e.what());
       break;
+    } catch (const std::exception& e) {
+      // Anything but a silo::Error is a bug of the client or the test: recorded, so the test fails on it.
+      std::lock_guard lock(b.mutex);
+      b.errors.push_back(unexpected + e.what());
+      break;
+    } catch (...) {
+      std::lock_guard lock(b.mutex);
+      b.errors.push_back(unexpected + "(not a std::exception)");
+      break;
     }
   }
+}
+
+// The errors of a burst that are not a silo::Error (there must be none).
+std::vector<std::string> unexpected_errors(Burst& b) {
+  std::lock_guard lock(b.mutex);
+  std::vector<std::string> out;
+  for (const auto& e : b.errors)
+    if (e.starts_with(unexpected)) out.push_back(e);
+  return out;
 }
 
 // ---- stopping and starting PostgreSQL --------------------------------------------------------------------
@@ -387,8 +437,12 @@ TEST_CASE("state survives deactivation, a graceful restart and kill -9 of its si
     node.kill9();
     for (auto& b : bursts)
       b->stop = true;
-    for (auto& f : loops)
+    for (auto& f : loops) {
       REQUIRE(f.wait_for(15s) == std::future_status::ready);
+      REQUIRE_NOTHROW(f.get());
+    }
+    for (auto& b : bursts)
+      CHECK(unexpected_errors(*b).empty());
   }
   node.start();
   auto client = client_of({node.gateway()});
@@ -425,8 +479,10 @@ TEST_CASE("PostgreSQL stopped during writes: UNAVAILABLE, silod keeps running, w
   INFO(pg.describe() << " stop: " << pg.last_output());
   REQUIRE(stopped);
   // The loops end at their first failure; each call has 5 s before the client gives up on it.
-  for (auto& f : loops)
+  for (auto& f : loops) {
     REQUIRE(f.wait_for(20s) == std::future_status::ready);
+    REQUIRE_NOTHROW(f.get());
+  }
   {
     std::lock_guard lock(burst.mutex);
     REQUIRE(burst.errors.size() == loops.size());
@@ -534,6 +590,7 @@ TEST_CASE("a reminder moves to a survivor when its silo is killed", "[cluster][d
                         << tail(a.log()) << "\nb:\n"
                         << tail(b.log()));
     REQUIRE(firing);
+    check_no_tick_twice(ticks_of(*client, "m1"));
   }
   // The silo owning the grain id's ring range keeps the reminder. The registering silo (a) schedules it
   // at once if it is the owner and says nothing more; otherwise b picks it up on its next refresh and logs
@@ -547,6 +604,7 @@ TEST_CASE("a reminder moves to a survivor when its silo is killed", "[cluster][d
   const std::size_t survivor_logged = count_of(survivor.log(), scheduled);
 
   const auto killed = Clock::now();
+  const std::int64_t killed_ms = unix_ms();
   owner.kill9();
   auto client = client_of({survivor.gateway()});
   // The survivor declares the owner dead, takes its ring range and schedules the reminder; the ticks (which
@@ -566,6 +624,31 @@ TEST_CASE("a reminder moves to a survivor when its silo is killed", "[cluster][d
   REQUIRE(continued);
   CHECK(ms_since(killed) < 15'000);
   CHECK(survivor.running());
+
+  // Late, once, never twice. The survivor takes over only after declaring the owner dead (at least
+  // missed_probes x probe_interval = 1.5 s, three periods), so its first tick is late; it carries the latest
+  // due time, and the schedule goes on from there.
+  constexpr std::int64_t period = 500;
+  const auto log = ticks_of(*client, "m1");
+  INFO("killed at " << killed_ms << "; ticks on the survivor:\n" << describe(log));
+  check_no_tick_twice(log);
+  std::vector<test::TickRecord> after;
+  for (const auto& t : log)
+    if (t.at_ms() >= killed_ms) after.push_back(t);
+  const auto late = std::find_if(after.begin(), after.end(), [](const auto& t) { return t.late(); });
+  REQUIRE(late != after.end());
+  CHECK(std::count_if(after.begin(), after.end(), [](const auto& t) { return t.late(); }) == 1);
+  // Before the late tick at most one other: a tick the owner sent just before it died.
+  CHECK(late - after.begin() <= 1);
+  // The latest missed due, not the oldest (those lie at least two periods before the takeover): less than a
+  // period before it ran, plus up to a period of delivery delay on a loaded machine.
+  CHECK(late->at_ms() - late->due_ms() < 2 * period);
+  for (auto t = late; t != after.end(); ++t)
+    CHECK((t->due_ms() - late->due_ms()) % period == 0);
+  // No extra ticks: due L less than a period before t0, the others at L + k * period, so by t1 at most
+  // 2 + (t1 - t0) / period ticks ran from the late one on.
+  const std::int64_t t0 = late->at_ms(), t1 = after.back().at_ms();
+  CHECK(after.end() - late <= 2 + (t1 - t0) / period);
   cancel_alarm(*client, "m1", "tick");
 }
 

@@ -89,7 +89,8 @@ TEST_CASE("read_only methods interleave with each other but never with writers",
     calls.push_back(silo.spawn(
         [reader](Caller& c) -> silo::Task<test::WorkReply> {
           auto ref = test::RecorderRef(&c, "rw");
-          co_return reader ? co_await ref.Read(work(20)) : co_await ref.Work(work(5));
+          if (reader) co_return co_await ref.Read(work(20));
+          co_return co_await ref.Work(work(5));
         },
         i));
   }
@@ -98,8 +99,48 @@ TEST_CASE("read_only methods interleave with each other but never with writers",
   const auto stats = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
     co_return co_await test::RecorderRef(&c, "rw").Stats(test::Empty{});
   });
+  CHECK(stats.calls() == 30);  // one turn per call
   CHECK(stats.max_readers() > 1);
   CHECK(stats.reader_writer_overlap() == 0);
+
+  // Order, and a writer is not starved: calls started one after the other from one worker reach the
+  // activation in that order (one queue per worker thread), all while the first readers still run. FIFO:
+  // R1 R2 run together; W1 waits for them, and R3 R4, behind W1, wait for W1 (readers that joined the
+  // running ones would pass it, and a steady stream of them would starve it); then W2, then R5. A reply's
+  // calls() is the number of turns finished when it finished, so it gives the order turns ended in.
+  silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
+    co_return co_await test::RecorderRef(&c, "order").Work(work(0));  // activated before the sequence
+  });
+  const std::vector<std::pair<const char*, bool>> sequence = {
+      {"R1", true}, {"R2", true}, {"W1", false}, {"R3", true}, {"R4", true}, {"W2", false}, {"R5", true}};
+  std::vector<std::future<test::WorkReply>> ordered;
+  for (const auto& [name, reader] : sequence) {
+    ordered.push_back(silo.spawn(
+        [reader = reader](Caller& c) -> silo::Task<test::WorkReply> {
+          // if/else, not ?: -- GCC 12 evaluates both co_await operands of a conditional expression.
+          auto ref = test::RecorderRef(&c, "order");
+          if (reader) co_return co_await ref.Read(work(100));
+          co_return co_await ref.Work(work(10));
+        },
+        0));
+  }
+  std::vector<std::int64_t> ended;
+  std::string order;
+  for (std::size_t i = 0; i < ordered.size(); ++i) {
+    ended.push_back(ordered[i].get().calls() - 1);  // minus the activating call
+    order += std::string(sequence[i].first) + " ended " + std::to_string(ended.back()) + "th; ";
+  }
+  INFO(order);
+  CHECK(std::set<std::int64_t>{ended[0], ended[1]} == std::set<std::int64_t>{1, 2});
+  CHECK(ended[2] == 3);
+  CHECK(std::set<std::int64_t>{ended[3], ended[4]} == std::set<std::int64_t>{4, 5});
+  CHECK(ended[5] == 6);
+  CHECK(ended[6] == 7);
+  const auto after = silo.run([](Caller& c) -> silo::Task<test::StatsReply> {
+    co_return co_await test::RecorderRef(&c, "order").Stats(test::Empty{});
+  });
+  CHECK(after.max_readers() == 2);  // R1 with R2, R3 with R4: readers did share turns
+  CHECK(after.reader_writer_overlap() == 0);
 }
 
 TEST_CASE("always_interleave methods run while another turn is in progress", "[conformance]") {

@@ -234,11 +234,33 @@ class Alarm final : public test::AlarmGrain {
     deactivate_on_idle();
     co_return test::Empty{};
   }
+  silo::Task<test::TickLog> Ticks(const test::Empty&) override {
+    test::TickLog log;
+    {
+      std::lock_guard lock(counters_mutex);
+      log = tick_logs[key()];
+    }
+    co_return log;
+  }
   silo::Task<void> on_reminder(const silo::ReminderTick& tick) override {
     bump("alarm:" + key() + "/" + tick.name);
     if (tick.late) bump("alarm_late:" + key());
+    {
+      using std::chrono::duration_cast;
+      using std::chrono::milliseconds;
+      std::lock_guard lock(counters_mutex);
+      auto* r = tick_logs[key()].add_ticks();
+      r->set_name(tick.name);
+      r->set_due_ms(duration_cast<milliseconds>(tick.due.time_since_epoch()).count());
+      r->set_at_ms(duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+      r->set_late(tick.late);
+    }
     co_return;
   }
+
+ private:
+  // Process-wide, so a test sees the ticks of every activation this process ran (under counters_mutex).
+  static inline std::map<std::string, test::TickLog> tick_logs;
 };
 
 }  // namespace

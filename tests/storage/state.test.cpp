@@ -96,6 +96,24 @@ void stale_write_is_refused(Silo& silo) {
   CHECK(t.etag() == 1);
 }
 
+// An activation that read the state before another one cleared it and wrote it afresh holds a stale etag:
+// its write must be refused, not overwrite the newer state.
+template <class Ref>
+void stale_write_after_clear_is_refused(Silo& silo) {
+  Counter<Ref> counter{silo, "cleared"};
+  counter.add(1);
+  counter.deactivate();
+  counter.get();  // a new activation: its snapshot holds total 1, read now
+  counter.clear();
+  const auto fresh = counter.add(5);  // stored afresh after the clear: total 5
+  const auto e = expect_error([&] { counter.stale_write(100); });
+  CHECK(e.code() == StatusCode::aborted);
+  REQUIRE(silo.wait_until_no_activations());
+  const auto t = counter.get();
+  CHECK(t.total() == 5);
+  CHECK(t.etag() == fresh.etag());
+}
+
 }  // namespace
 
 TEST_CASE("grain state survives deactivation, and clear removes it", "[storage]") {
@@ -117,6 +135,20 @@ TEST_CASE("a write with a stale etag fails with ABORTED and deactivates the acti
   }
   SECTION("postgres provider") {
     stale_write_is_refused<teststate::PgCounterRef>(silo);
+  }
+}
+
+// Known defect (issue 10 item 5): clear() deletes the row, so versions restart at 1 and the snapshot's etag
+// (1, read before the clear) matches the state written afresh, which the stale write then overwrites.
+// Hidden until the providers' fix lands; it asserts the correct behaviour.
+TEST_CASE("a write with an etag read before clear() fails with ABORTED", "[storage][.known-defect]") {
+  storage_test::require_postgres();
+  Silo silo;
+  SECTION("memory provider") {
+    stale_write_after_clear_is_refused<teststate::MemoryCounterRef>(silo);
+  }
+  SECTION("postgres provider") {
+    stale_write_after_clear_is_refused<teststate::PgCounterRef>(silo);
   }
 }
 
