@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -28,12 +29,20 @@ class Lease {
 
   explicit Lease(std::chrono::milliseconds length) : length_(length) {}
 
-  /// A probe from `silo` (SiloAddress::str()) reached this silo.
-  void heard_from(std::string_view silo) {
-    const auto now = Clock::now();
+  /// A probe from `silo` (SiloAddress::str()) sent at `sent_unix_ms` (its clock; 0: unknown) reached
+  /// this silo. It counts from when it was sent: a probe that sat in the socket of a silo frozen by SIGSTOP
+  /// was counted as missed by its sender long ago, and must not renew the lease on resume. (This assumes
+  /// the silos' clocks agree to well under the margin between the lease and the earliest death.)
+  void heard_from(std::string_view silo, std::int64_t sent_unix_ms) {
+    auto at = Clock::now();
+    if (sent_unix_ms > 0) {
+      const auto age = std::chrono::system_clock::now() -
+                       std::chrono::system_clock::time_point(std::chrono::milliseconds(sent_unix_ms));
+      if (age > Clock::duration::zero()) at -= std::chrono::duration_cast<Clock::duration>(age);
+    }
     std::lock_guard lock(mutex_);
     for (auto& p : probers_)
-      if (p.silo == silo) p.last = now;
+      if (p.silo == silo && p.last < at) p.last = at;
   }
 
   /// The silos that probe this one under the latest view, and how many of them must vote to declare it

@@ -189,7 +189,7 @@ struct Messenger::Services final : public in::Silo::CallbackService {
       return r;
     }
     // A probe answered is what keeps this silo's lease (cluster/lease.hpp).
-    if (messenger.lease()) messenger.lease()->heard_from(req->from());
+    if (messenger.lease()) messenger.lease()->heard_from(req->from(), req->sent_unix_ms());
     reply->set_silo(messenger.self().str());
     if (messenger.handlers().activations) reply->set_activations(messenger.handlers().activations());
     r->Finish(grpc::Status::OK);
@@ -537,6 +537,9 @@ void Messenger::ping(const cluster::SiloAddress& peer, std::chrono::milliseconds
   call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   call->req.set_from(self_.str());
   call->req.set_to(peer.str());
+  call->req.set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count());
   auto* raw = static_cast<Call*>(adopt(call));
   l->stub().async()->Ping(&raw->ctx, &raw->req, &raw->reply,
                           [this, raw, done = std::move(done)](grpc::Status s) {
