@@ -365,7 +365,9 @@ void MembershipAgent::vote(const SiloAddress& target) {
         spdlog::info("membership: suspect silo {} ({}): {} of {} needed votes", target.str(), row.name, votes,
                      needed);
       }
-      missed_[target.str()] = 0;
+      // A suspicion only: the next missed probe votes again (with a fresher tally: once the silos that
+      // went silent with it turn stale, fewer votes suffice), not missed_probes later.
+      if (row.status == SiloStatus::dead) missed_[target.str()] = 0;
       refresh();
       return;
     }

@@ -270,6 +270,35 @@ TEST_CASE("two silos cut from each other: at most one is declared dead, the othe
   CHECK(wait_until([&] { return add_one(channel, "survivor").code == grpc::StatusCode::OK; }, 10s));
 }
 
+TEST_CASE("two of three silos killed at once: the survivor declares both dead alone and serves",
+          "[fencing]") {
+  Cluster cluster("twolost");
+  cluster.start_nodes(3, false);
+  Node& survivor = cluster.node(0);
+  const auto killed_at = Clock::now();
+  for (std::size_t i = 1; i < 3; ++i)
+    cluster.node(i).process->signal(SIGKILL);
+  const bool both_dead = wait_until(
+      [&] {
+        for (std::size_t i = 1; i < 3; ++i) {
+          Node& n = cluster.node(i);
+          if (status_of(survivor.gateway(), n.address(), n.generation) != "dead") return false;
+        }
+        return true;
+      },
+      20s);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at).count();
+  std::cout << "two silos killed: both declared dead after " << ms << " ms" << std::endl;
+  INFO(cluster.logs());
+  // Before: votes_to_kill 2 stayed needed with one voter left, so they stayed active.
+  REQUIRE(both_dead);
+  // Detection (3 missed probes) and staleness (4 missed i_am_alive) are each ~2 s; generous for a loaded
+  // machine, far below the old "never".
+  CHECK(ms < 8000);
+  auto channel = channel_to(survivor.gateway());
+  CHECK(wait_until([&] { return add_one(channel, "alone").code == grpc::StatusCode::OK; }, 5s));
+}
+
 TEST_CASE("a silo its probers cannot reach stops serving before they may declare it dead", "[fencing]") {
   // Death no sooner than 8 * 500 ms - 500 ms = 3.5 s after the last answered probe; lease 800 ms.
   Cluster cluster("lease", "  missed_probes: 8\n  lease: 800ms\n");
