@@ -233,6 +233,7 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       for (auto& [id, p] : pending_)
         orphans.emplace_back(std::move(p), withdraw_locked(id));
       pending_.clear();
+      // One-way calls left unwritten are dropped, as those written to a broken stream always were.
     }
     for (auto& [p, unsent] : orphans) {
       if (unsent && p.attempts < impl_.gateway_count()) {
