@@ -23,6 +23,15 @@
 
 namespace silo {
 
+const char* to_string(Outcome outcome) noexcept {
+  return outcome == Outcome::not_run ? "not_run" : "may_have_run";
+}
+
+Outcome outcome_of(const std::exception& e) noexcept {
+  const auto* c = dynamic_cast<const CallError*>(&e);
+  return c ? c->outcome() : Outcome::may_have_run;
+}
+
 namespace asio = boost::asio;
 namespace gw = silo::gateway;
 using Clock = std::chrono::steady_clock;
@@ -33,6 +42,7 @@ struct Reply {
   StatusCode code = StatusCode::ok;
   std::string error;
   std::string payload;
+  bool not_run = false;  // failures: the call provably never reached a grain
 };
 
 // A caller waiting for its reply; complete() runs on the client's executor.
@@ -56,11 +66,11 @@ struct Client::Impl {
   explicit Impl(ClientOptions o) : options(std::move(o)) {}
 
   void send(PendingCall pending);
-  void fail(PendingCall pending, StatusCode code, std::string message) {
+  void fail(PendingCall pending, StatusCode code, std::string message, bool not_run) {
     auto waiter = std::move(pending.waiter);
     if (!waiter) return;
-    asio::post(io, [w = std::move(waiter), code, message = std::move(message)]() mutable {
-      w->complete(Reply{code, std::move(message), {}});
+    asio::post(io, [w = std::move(waiter), code, message = std::move(message), not_run]() mutable {
+      w->complete(Reply{code, std::move(message), {}, not_run});
     });
   }
   void sweep_deadlines();
@@ -136,14 +146,14 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
     return !dead_ && !draining_;
   }
 
-  /// Fails the calls whose deadline passed.
+  /// Fails the calls whose deadline passed. One still queued here is withdrawn: it never ran.
   void expire(Clock::time_point now) {
-    std::vector<PendingCall> expired;
+    std::vector<std::pair<PendingCall, bool>> expired;  // call, never sent
     {
       std::lock_guard lock(mutex_);
       for (auto it = pending_.begin(); it != pending_.end();) {
         if (it->second.deadline <= now) {
-          expired.push_back(std::move(it->second));
+          expired.emplace_back(std::move(it->second), withdraw_locked(it->first));
           it = pending_.erase(it);
         } else {
           ++it;
@@ -151,25 +161,31 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       }
       maybe_close_locked();
     }
-    for (auto& p : expired) {
-      impl_.fail(
-          std::move(p), StatusCode::deadline_exceeded,
-          "no answer from gateway " + target_ + " before the call's deadline; the call was not resent");
+    for (auto& [p, unsent] : expired) {
+      impl_.fail(std::move(p), StatusCode::deadline_exceeded,
+                 unsent ? "gateway " + target_ + " did not accept the call before its deadline; not run"
+                        : "no answer from gateway " + target_ +
+                              " before the call's deadline; it may have run and was not resent",
+                 unsent);
     }
   }
 
   void cancel() { ctx_.TryCancel(); }
 
+  // Calls are written only after the gateway's initial metadata arrived: until then nothing left this
+  // process, so a stream that fails before it may resend every call elsewhere. (Writing at once and
+  // resending when no metadata came ran calls twice behind a proxy that withheld the gateway's headers.)
   void OnReadInitialMetadataDone(bool ok) override {
     if (!ok) return;
     std::lock_guard lock(mutex_);
     established_ = true;
+    flush_locked();
   }
 
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
     std::vector<std::pair<PendingCall, Reply>> done;
-    std::vector<PendingCall> retry;
+    std::vector<PendingCall> retry;  // refused, not run, by a gateway that asks for another one
     {
       std::lock_guard lock(mutex_);
       for (auto& r : *in_.mutable_results()) {
@@ -182,7 +198,7 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
         }
         done.emplace_back(std::move(it->second),
                           Reply{static_cast<StatusCode>(r.code()), std::move(*r.mutable_error()),
-                                std::move(*r.mutable_payload())});
+                                std::move(*r.mutable_payload()), r.not_run()});
         pending_.erase(it);
       }
       if (in_.draining()) draining_ = true;
@@ -192,7 +208,8 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       if (p.attempts++ <= impl_.gateway_count())
         impl_.send(std::move(p));
       else
-        impl_.fail(std::move(p), StatusCode::unavailable, "every gateway is shutting down; retry later");
+        impl_.fail(std::move(p), StatusCode::unavailable,
+                   "every gateway refused the call (shutting down or fenced); not run, retry later", true);
     }
     for (auto& [p, reply] : done) {
       asio::post(impl_.io,
@@ -209,30 +226,46 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
   }
 
   void OnDone(const grpc::Status& status) override {
-    std::unordered_map<std::uint64_t, PendingCall> orphans;
-    bool resend = false;
+    std::vector<std::pair<PendingCall, bool>> orphans;  // call, never sent
     {
       std::lock_guard lock(mutex_);
       dead_ = true;
-      orphans.swap(pending_);
-      resend = !established_;
+      for (auto& [id, p] : pending_)
+        orphans.emplace_back(std::move(p), withdraw_locked(id));
+      pending_.clear();
+      // One-way calls left unwritten are dropped, as those written to a broken stream always were.
     }
-    for (auto& [id, p] : orphans) {
-      if (resend && p.attempts < impl_.gateway_count()) {
+    for (auto& [p, unsent] : orphans) {
+      if (unsent && p.attempts < impl_.gateway_count()) {
         ++p.attempts;
-        impl_.send(std::move(p));  // never reached a gateway: safe to try the next one
+        impl_.send(std::move(p));  // never left this process: safe to try the next gateway
+      } else if (unsent) {
+        impl_.fail(
+            std::move(p), StatusCode::unavailable,
+            "no gateway accepted the call (last: " + target_ + ": " + status.error_message() + "); not run",
+            true);
       } else {
         impl_.fail(std::move(p), StatusCode::unavailable,
                    "gateway " + target_ + " failed (" + status.error_message() +
-                       "); the call may or may not have run; retry if it is idempotent");
+                       "); the call may or may not have run; retry if it is idempotent",
+                   false);
       }
     }
     impl_.connection_done(this);
   }
 
  private:
+  // Removes call `id` from the calls not yet written; true when it was there (it never left the process).
+  bool withdraw_locked(std::uint64_t id) {
+    const auto it =
+        std::find_if(queue_.begin(), queue_.end(), [id](const gw::Call& c) { return c.id() == id; });
+    if (it == queue_.end()) return false;
+    queue_.erase(it);
+    return true;
+  }
+
   void flush_locked() {
-    if (writing_ || dead_ || queue_.empty()) return;
+    if (writing_ || dead_ || !established_ || queue_.empty()) return;
     writing_ = true;
     out_.Clear();
     wire::fill_frame(queue_, *out_.mutable_calls(), impl_.options.max_message_size);
@@ -264,7 +297,8 @@ void Client::Impl::send(PendingCall pending) {
   if (const auto size = pending.call.ByteSizeLong(); !wire::fits(size, options.max_message_size)) {
     return fail(std::move(pending), StatusCode::resource_exhausted,
                 "request of " + std::to_string(size) + " bytes exceeds the client's max_message_size (" +
-                    std::to_string(options.max_message_size) + ")");
+                    std::to_string(options.max_message_size) + ")",
+                true);
   }
   std::size_t count = 0;
   {
@@ -286,7 +320,8 @@ void Client::Impl::send(PendingCall pending) {
     }
     if (conn->send(pending)) return;
   }
-  fail(std::move(pending), StatusCode::unavailable, "no gateway of the client's list accepts calls");
+  fail(std::move(pending), StatusCode::unavailable, "no gateway of the client's list accepts calls; not run",
+       true);
 }
 
 void Client::Impl::connection_done(Connection* c) {
@@ -449,11 +484,14 @@ Task<std::unique_ptr<google::protobuf::Message>> Client::call(
         impl_->send(std::move(pending));
       },
       asio::use_awaitable);
-  if (reply.code != StatusCode::ok) throw Error(reply.code, reply.error);
+  if (reply.code != StatusCode::ok)
+    throw CallError(reply.code, reply.error, reply.not_run ? Outcome::not_run : Outcome::may_have_run);
   std::unique_ptr<google::protobuf::Message> response(method.response_prototype->New());
   if (!response->ParseFromString(reply.payload)) {
-    throw Error(StatusCode::internal, std::string("cannot parse the response of ") + method.type->name + "/" +
-                                          method.name + " as " + response->GetTypeName());
+    throw CallError(StatusCode::internal,
+                    std::string("cannot parse the response of ") + method.type->name + "/" + method.name +
+                        " as " + response->GetTypeName(),
+                    Outcome::may_have_run);
   }
   co_return response;
 }

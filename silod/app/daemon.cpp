@@ -138,6 +138,8 @@ Daemon::Daemon(config::Config cfg)
   if (cfg_.gateway.enabled) {
     auto gw = std::make_unique<gateway::GatewayServer>(cfg_, *runtime_);
     if (membership) {
+      gw->set_fence(
+          [membership] { return membership->fenced() ? membership->lease().why() : std::string(); });
       gw->set_cluster_view([membership] {
         std::vector<gateway::SiloInfo> out;
         for (const auto& row : membership->view().rows) {

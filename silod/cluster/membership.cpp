@@ -23,7 +23,46 @@ std::string host_name() {
   ::gethostname(buf, sizeof buf - 1);
   return buf;
 }
+
+// The active silos on the probe ring (hash order).
+std::vector<const MembershipRow*> ring_of(const MembershipSnapshot& snap, const SiloAddress& self) {
+  std::vector<const MembershipRow*> ring;
+  for (const auto& row : snap.rows)
+    if (row.status == SiloStatus::active || row.address == self) ring.push_back(&row);
+  std::sort(ring.begin(), ring.end(), [](const auto* a, const auto* b) {
+    return stable_hash(a->address.str()) < stable_hash(b->address.str());
+  });
+  return ring;
+}
+
+// Fresh votes a death declaration needs (Orleans' rule): votes_to_kill, but at most a majority of the
+// active silos whose i_am_alive is fresh. So a lone survivor of three still declares the two others dead
+// once their i_am_alive went stale, and of two silos cut from each other the first voter wins and the
+// other, reading itself dead, never votes.
+std::size_t votes_needed(const MembershipSnapshot& snap, std::int64_t now_ms,
+                         const config::MembershipConfig& m) {
+  const std::int64_t stale_after = 4 * m.i_am_alive_interval.count();
+  std::size_t fresh = 0;
+  for (const auto& r : snap.rows)
+    if (r.status == SiloStatus::active && now_ms - r.i_am_alive_ms <= stale_after) ++fresh;
+  return std::max<std::size_t>(1, std::min<std::size_t>(m.votes_to_kill, (fresh + 1) / 2));
+}
 }  // namespace
+
+std::vector<std::string> MembershipAgent::probers_of(const MembershipSnapshot& view, const SiloAddress& self,
+                                                     unsigned probed_silos) {
+  const MembershipRow* mine = view.find(self);
+  if (!mine || mine->status != SiloStatus::active) return {};
+  const auto ring = ring_of(view, self);
+  const std::size_t n = ring.size();
+  const auto me = std::find_if(ring.begin(), ring.end(), [&](const auto* r) { return r->address == self; });
+  const std::size_t at = static_cast<std::size_t>(me - ring.begin());
+  // probe_tick: each silo probes its next min(probed_silos, n - 1) successors, so these predecessors.
+  std::vector<std::string> out;
+  for (std::size_t i = 1; i <= std::min<std::size_t>(probed_silos, n - 1); ++i)
+    out.push_back(ring[(at + n - i) % n]->address.str());
+  return out;
+}
 
 MembershipAgent::MembershipAgent(const config::Config& cfg, std::unique_ptr<MembershipTable> table,
                                  messaging::Messenger& messenger, runtime::Runtime& rt, SiloAddress self,
@@ -34,7 +73,10 @@ MembershipAgent::MembershipAgent(const config::Config& cfg, std::unique_ptr<Memb
       rt_(rt),
       self_(std::move(self)),
       gateway_(std::move(gateway)),
-      on_view_(std::move(on_view)) {}
+      on_view_(std::move(on_view)),
+      lease_(cfg.membership.lease) {
+  messenger_.set_lease(&lease_);
+}
 
 MembershipAgent::~MembershipAgent() {
   stopping_ = true;
@@ -81,10 +123,45 @@ bool MembershipAgent::set_status(SiloStatus status, int attempts) {
   return false;
 }
 
+void MembershipAgent::found_myself_dead(const char* where) {
+  lease_.declare_dead();  // serve nothing from this instruction on
+  spdlog::critical(
+      "membership: the cluster declared this silo ({}) dead ({}); exiting so it restarts as a new "
+      "generation",
+      self_.str(), where);
+  spdlog::default_logger()->flush();
+  std::_Exit(3);
+}
+
+// Rows of earlier generations on this address are silos that can no longer run (this one holds the port):
+// after a crash they may still read active, and others would keep them in the ring until probes fail.
+void MembershipAgent::retire_old_generations() {
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    MembershipSnapshot snap = table_->read_all();
+    const MembershipRow* old = nullptr;
+    for (const auto& row : snap.rows) {
+      if (row.address.host == self_.host && row.address.port == self_.port &&
+          row.address.generation < self_.generation && row.status != SiloStatus::dead) {
+        old = &row;
+        break;
+      }
+    }
+    if (!old) return;
+    MembershipRow row = *old;
+    row.status = SiloStatus::dead;
+    row.suspicions.push_back(Suspicion{self_.str(), now_ms()});  // "dead with a vote": not a graceful leave
+    if (table_->write_row(row, snap.version)) {
+      spdlog::info("membership: retired {} (an earlier generation of this silo, was {})", row.address.str(),
+                   to_string(old->status));
+    }
+  }
+}
+
 void MembershipAgent::start() {
   table_->init();
   spdlog::info("membership: table at {}; joining cluster '{}' as {}", table_->describe(), cfg_.cluster.id,
                self_.str());
+  retire_old_generations();
   if (!set_status(SiloStatus::joining, 20))
     throw std::runtime_error("membership: could not write this silo's row");
   // Connectivity check: every active silo should answer us before we take part.
@@ -147,14 +224,8 @@ void MembershipAgent::refresh() {
     }
     return;
   }
-  if (const MembershipRow* mine = snap.find(self_); mine && mine->status == SiloStatus::dead && !leaving_) {
-    spdlog::critical(
-        "membership: the cluster declared this silo ({}) dead; exiting so it restarts as a new "
-        "generation",
-        self_.str());
-    spdlog::default_logger()->flush();
-    std::_Exit(3);
-  }
+  if (const MembershipRow* mine = snap.find(self_); mine && mine->status == SiloStatus::dead && !leaving_)
+    found_myself_dead("read in the table");
   // Occasionally drop rows of long-dead silos (Orleans users hit tables full of them: dotnet/orleans#7339).
   const auto now = std::chrono::steady_clock::now();
   if (now - last_cleanup_ > std::chrono::minutes(1)) {
@@ -191,18 +262,32 @@ void MembershipAgent::publish(MembershipSnapshot snap) {
     }
     view_ = snap;
   }
+  update_lease(snap);
   // Loads change with every heartbeat; placement wants them even when nobody joined or left.
   on_view_(snap);
 }
 
+void MembershipAgent::update_lease(const MembershipSnapshot& snap) {
+  // While leaving (shutting_down) nobody probes us, and nobody can vote us dead: no lease to keep.
+  lease_.set_probers(
+      draining_ ? std::vector<std::string>{} : probers_of(snap, self_, cfg_.membership.probed_silos),
+      static_cast<unsigned>(votes_needed(snap, now_ms(), cfg_.membership)));
+}
+
+void MembershipAgent::log_fence() {
+  const bool fenced = lease_.fenced();
+  if (fenced == fence_logged_) return;
+  fence_logged_ = fenced;
+  if (fenced)
+    spdlog::warn("membership: serving no grain calls: {}", lease_.why());
+  else
+    spdlog::info("membership: lease confirmed again; serving grain calls");
+}
+
 void MembershipAgent::probe_tick() {
+  log_fence();
   MembershipSnapshot snap = view();
-  std::vector<const MembershipRow*> ring;
-  for (const auto& row : snap.rows)
-    if (row.status == SiloStatus::active || row.address == self_) ring.push_back(&row);
-  std::sort(ring.begin(), ring.end(), [](const auto* a, const auto* b) {
-    return stable_hash(a->address.str()) < stable_hash(b->address.str());
-  });
+  const auto ring = ring_of(snap, self_);
   auto me = std::find_if(ring.begin(), ring.end(), [this](const auto* r) { return r->address == self_; });
   if (me == ring.end() || ring.size() < 2) return;
   const std::size_t n = ring.size();
@@ -240,6 +325,11 @@ void MembershipAgent::vote(const SiloAddress& target) {
       spdlog::warn("membership: cannot vote against {}: {}", target.str(), e.what());
       return;
     }
+    // Only an active silo votes: one declared dead stops at once (in a partition of two, the loser of
+    // the race reads itself dead here instead of taking the winner down with it).
+    const MembershipRow* mine = snap.find(self_);
+    if (mine && mine->status == SiloStatus::dead && !leaving_) found_myself_dead("found while voting");
+    if (!mine || mine->status != SiloStatus::active || draining_) return;
     const MembershipRow* found = snap.find(target);
     if (!found || found->status == SiloStatus::dead) return publish(std::move(snap));
     MembershipRow row = *found;
@@ -248,15 +338,18 @@ void MembershipAgent::vote(const SiloAddress& target) {
     std::erase_if(row.suspicions,
                   [&](const Suspicion& s) { return now - s.at_ms > expiry || s.voter == self_.str(); });
     row.suspicions.push_back(Suspicion{self_.str(), now});
-    std::size_t active = 0;
-    for (const auto& r : snap.rows)
-      if (r.status == SiloStatus::active && !(r.address == target)) ++active;
-    const std::size_t needed =
-        std::max<std::size_t>(1, std::min<std::size_t>(cfg_.membership.votes_to_kill, active));
+    // Votes count only from silos still active (a dead or departed voter's suspicion is history).
+    std::size_t votes = 0;
     std::string voters;
-    for (const auto& s : row.suspicions)
+    for (const auto& s : row.suspicions) {
+      SiloAddress voter;
+      const MembershipRow* v = parse_silo_address(s.voter, voter) ? snap.find(voter) : nullptr;
+      if (!v || v->status != SiloStatus::active) continue;
+      ++votes;
       voters += (voters.empty() ? "" : ", ") + s.voter;
-    if (row.suspicions.size() >= needed) row.status = SiloStatus::dead;
+    }
+    const std::size_t needed = votes_needed(snap, now, cfg_.membership);
+    if (votes >= needed) row.status = SiloStatus::dead;
     bool written = false;
     try {
       written = table_->write_row(row, snap.version);
@@ -267,12 +360,14 @@ void MembershipAgent::vote(const SiloAddress& target) {
     if (written) {
       if (row.status == SiloStatus::dead) {
         spdlog::warn("membership: declared silo {} ({}) dead: {} of {} needed votes ({})", target.str(),
-                     row.name, row.suspicions.size(), needed, voters);
+                     row.name, votes, needed, voters);
       } else {
-        spdlog::info("membership: suspect silo {} ({}): {} of {} needed votes", target.str(), row.name,
-                     row.suspicions.size(), needed);
+        spdlog::info("membership: suspect silo {} ({}): {} of {} needed votes", target.str(), row.name, votes,
+                     needed);
       }
-      missed_[target.str()] = 0;
+      // A suspicion only: the next missed probe votes again (with a fresher tally: once the silos that
+      // went silent with it turn stale, fewer votes suffice), not missed_probes later.
+      if (row.status == SiloStatus::dead) missed_[target.str()] = 0;
       refresh();
       return;
     }
@@ -295,6 +390,8 @@ void MembershipAgent::prepare_stop(Deadline) {
   // Others stop placing new grains here while we drain.
   auto done = std::make_shared<std::promise<void>>();
   asio::post(io_, [this, done] {
+    draining_ = true;  // nobody probes a shutting_down silo: no lease to keep, no votes to cast
+    lease_.set_probers({}, 1);
     try {
       set_status(SiloStatus::shutting_down, 5);
     } catch (const std::exception& e) {

@@ -4,6 +4,8 @@
 // miss probes, declares them dead once enough fresh votes agree, and publishes each new view. A silo that
 // reads itself dead exits with code 3 (systemd restarts it as a new generation). Losing the table freezes
 // membership changes but not the silo: the last view stays in force.
+// It owns the silo's Lease (lease.hpp): fenced() is what the gateway and the silo port ask before serving.
+// A starting silo retires (marks dead) the older generations of its own address.
 
 #include <atomic>
 #include <chrono>
@@ -19,6 +21,7 @@
 #include <silo/asio.hpp>
 
 #include "app/component.hpp"
+#include "cluster/lease.hpp"
 #include "cluster/membership_table.hpp"
 #include "config/config.hpp"
 
@@ -47,8 +50,21 @@ class MembershipAgent final : public app::Component {
   /// The latest view (copy).
   MembershipSnapshot view() const;
 
+  /// True when this silo must serve no grain call: declared dead, or its lease ran out.
+  bool fenced() const { return lease_.fenced(); }
+  const Lease& lease() const { return lease_; }
+
+  /// The silos that probe `self` in `view`: its ring predecessors among the active silos (none when
+  /// `self` is not active: nobody probes it).
+  static std::vector<std::string> probers_of(const MembershipSnapshot& view, const SiloAddress& self,
+                                             unsigned probed_silos);
+
  private:
   MembershipRow my_row(SiloStatus status) const;
+  [[noreturn]] void found_myself_dead(const char* where);
+  void retire_old_generations();
+  void update_lease(const MembershipSnapshot& snap);
+  void log_fence();
   bool set_status(SiloStatus status, int attempts);
   void refresh();
   void publish(MembershipSnapshot snapshot);
@@ -67,11 +83,14 @@ class MembershipAgent final : public app::Component {
   SiloAddress self_;
   std::string gateway_;
   ViewListener on_view_;
+  Lease lease_;
+  bool fence_logged_ = false;  // the last fence state logged (membership thread)
 
   boost::asio::io_context io_{1};
   std::thread thread_, listener_;
   std::atomic<bool> stopping_{false};
-  bool leaving_ = false;  // we mark ourselves dead on the way out: not a reason to exit(3)
+  bool leaving_ = false;   // we mark ourselves dead on the way out: not a reason to exit(3)
+  bool draining_ = false;  // shutting_down: not probed, so no lease to keep and no votes to cast
   boost::asio::steady_timer probe_timer_{io_}, heartbeat_timer_{io_}, refresh_timer_{io_};
 
   mutable std::mutex view_mutex_;

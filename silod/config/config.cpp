@@ -292,6 +292,7 @@ std::vector<field> membership_fields(reader& r, MembershipConfig& m) {
       {"missed_probes", r.bind(m.missed_probes)},
       {"votes_to_kill", r.bind(m.votes_to_kill)},
       {"vote_expiry", r.bind(m.vote_expiry)},
+      {"lease", r.bind(m.lease)},
       {"i_am_alive_interval", r.bind(m.i_am_alive_interval)},
       {"poll_interval", r.bind(m.poll_interval)},
       {"defunct_age", r.bind(m.defunct_age)},
@@ -387,6 +388,33 @@ void validate(reader& r, const Config& c) {
       r.fail(r.line_of("gateway.listen"), "gateway.listen",
              "conflicts with silo.listen (" + silo.str() + ")");
     r.fail(r.line_of("silo.listen"), "silo.listen", "conflicts with gateway.listen (" + gw.str() + ")");
+  }
+  // Failure detection and the lease (cluster/lease.hpp): a silo must stop serving before the others may
+  // declare it dead and activate its grains elsewhere.
+  const auto& m = c.membership;
+  for (const auto& [key, v] : {std::pair<const char*, unsigned>{"membership.votes_to_kill", m.votes_to_kill},
+                               {"membership.missed_probes", m.missed_probes},
+                               {"membership.probed_silos", m.probed_silos}}) {
+    if (v < 1) r.fail(r.line_of(key), key, "must be at least 1");
+  }
+  if (m.probe_interval.count() <= 0)
+    r.fail(r.line_of("membership.probe_interval"), "membership.probe_interval", "must be positive");
+  const auto earliest_death = m.probe_interval * m.missed_probes - m.probe_timeout;
+  if (m.lease >= earliest_death) {
+    // Blame the lease line, else the detection setting that was written (the lease is a default).
+    int line = r.line_of("membership.lease");
+    for (const char* key :
+         {"membership.missed_probes", "membership.probe_interval", "membership.probe_timeout"})
+      if (!line) line = r.line_of(key);
+    r.fail(line, "membership.lease",
+           "must be shorter than missed_probes * probe_interval - probe_timeout (" +
+               std::to_string(earliest_death.count()) +
+               " ms), the earliest its peers can declare a silo dead after its last answered probe");
+  }
+  if (m.lease <= m.probe_interval) {
+    r.fail(r.line_of("membership.lease"), "membership.lease",
+           "must be longer than membership.probe_interval (" + std::to_string(m.probe_interval.count()) +
+               " ms), or a healthy silo stops serving between two probes");
   }
   for (const auto& [name, t] : c.grains.types) {
     if (t.max_local && *t.max_local < 1) {

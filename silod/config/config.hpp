@@ -51,9 +51,17 @@ struct MembershipConfig {
   duration probe_timeout = std::chrono::milliseconds(500);
   unsigned probed_silos = 3;   // ring successors each silo probes
   unsigned missed_probes = 3;  // consecutive misses before a suspicion vote
-  unsigned votes_to_kill = 2;  // fresh votes that declare a silo dead
+  // Fresh votes that declare a silo dead, at most a majority of the active silos whose i_am_alive is fresh
+  // (so a lone survivor can still declare the others dead, and two halves of a partition cannot both
+  // win). Votes count only from active silos; a silo that reads itself dead never votes.
+  unsigned votes_to_kill = 2;
   duration vote_expiry = std::chrono::seconds(30);
-  duration i_am_alive_interval = std::chrono::seconds(5);
+  // A silo stops serving when it answered no probe from enough of its probers for this long. Must stay
+  // below missed_probes * probe_interval - probe_timeout, the earliest a silo can be declared dead after
+  // its last answered probe (validated), and above probe_interval.
+  duration lease = std::chrono::milliseconds(800);
+  // i_am_alive older than 4 intervals is stale: its silo no longer counts for the votes a death needs.
+  duration i_am_alive_interval = std::chrono::milliseconds(500);
   duration poll_interval = std::chrono::seconds(5);  // fallback when NOTIFY is missed
   duration defunct_age = std::chrono::hours(24);     // dead rows older than this are deleted
 };

@@ -40,6 +40,14 @@ grpc::Status to_grpc(StatusCode code, const std::string& message) {
   return grpc::Status(static_cast<grpc::StatusCode>(code), message);
 }
 
+// Every failed plain gRPC call says whether it ran, in trailing metadata (documented in ARCHITECTURE.md,
+// "Gateway"): "not-run" when the gateway refused it before it reached a grain (safe to resend anywhere),
+// "may-have-run" otherwise (it ran, or it may have: resend only what is idempotent).
+constexpr const char* kOutcomeKey = "silo-outcome";
+const char* outcome_text(bool not_run) {
+  return not_run ? "not-run" : "may-have-run";
+}
+
 bool parse(grpc::ByteBuffer& buffer, google::protobuf::Message& out) {
   grpc::ProtoBufferReader reader(&buffer);
   return out.ParseFromZeroCopyStream(&reader);
@@ -72,7 +80,7 @@ std::string no_route_message(const GatewayServer& gw, std::string_view path) {
 }
 
 // Runs one grain call on the worker that owns the grain: parses the payload there (CPU work stays off
-// gRPC's threads), calls the grain, and hands the outcome to `done` on that worker.
+// gRPC's threads), calls the grain, and hands the outcome to `done(reply, not_run)` on that worker.
 template <class Payload, class Done>
 void run_call(GatewayServer& gw, const Route& route, std::string key, Payload payload, CallOptions options,
               Done done) {
@@ -83,8 +91,10 @@ void run_call(GatewayServer& gw, const Route& route, std::string key, Payload pa
       [&rt, &shard, route, key = std::move(key), payload = std::move(payload), options,
        done = std::move(done)]() mutable -> Task<void> {
         Reply reply;
+        bool not_run = false;
         std::unique_ptr<google::protobuf::Message> request(route.method->request_prototype->New());
         if (!parse(payload, *request)) {
+          not_run = true;
           reply = Reply::failure(StatusCode::invalid_argument,
                                  "cannot parse the request of " + std::string(route.cls->name()) + "/" +
                                      route.method->name + " as " + request->GetTypeName() + " (" +
@@ -99,7 +109,7 @@ void run_call(GatewayServer& gw, const Route& route, std::string key, Payload pa
             reply = Reply::failure(StatusCode::internal, e.what());
           }
         }
-        done(std::move(reply));
+        done(std::move(reply), not_run);
       },
       [](std::exception_ptr e) {
         if (e) spdlog::error("gateway: a call coroutine failed unexpectedly");
@@ -112,19 +122,19 @@ class UnaryCall final : public grpc::ServerGenericBidiReactor {
   UnaryCall(GatewayServer& gw, grpc::GenericCallbackServerContext* ctx) : gw_(gw), ctx_(ctx) {
     route_ = gw.route(ctx->method());
     if (!route_) {
-      Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, no_route_message(gw, ctx->method())));
+      refuse(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, no_route_message(gw, ctx->method())));
       return;
     }
     const auto& md = ctx->client_metadata();
     const auto it = md.find("silo-key");
     if (it == md.end() || it->second.empty()) {
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+      refuse(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                           "missing grain key: send it in the 'silo-key' request metadata"));
       return;
     }
     key_.assign(it->second.data(), it->second.size());
     if (gw.draining()) {
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "silo is shutting down; retry on another gateway"));
+      refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, "silo is shutting down; retry on another gateway"));
       return;
     }
     StartRead(&request_);
@@ -132,7 +142,13 @@ class UnaryCall final : public grpc::ServerGenericBidiReactor {
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
+      refuse(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "the call carried no request message"));
+      return;
+    }
+    // Checked as late as possible, just before the call goes to the grain: a silo resumed after SIGSTOP
+    // must not run what it read while it was frozen.
+    if (const std::string why = gw_.fenced(); !why.empty()) {
+      refuse(grpc::Status(grpc::StatusCode::UNAVAILABLE, why + "; not run, retry on another gateway"));
       return;
     }
     CallOptions options;
@@ -141,20 +157,27 @@ class UnaryCall final : public grpc::ServerGenericBidiReactor {
       const auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::system_clock::now());
       if (left.count() <= 0) {
-        Finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call started"));
+        refuse(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed before the call started"));
         return;
       }
       options.timeout = left;
     }
     run_call(gw_, *route_, std::move(key_), std::move(request_), options,
-             [this](Reply r) { finish(std::move(r)); });
+             [this](Reply r, bool not_run) { finish(std::move(r), not_run); });
   }
 
   void OnDone() override { delete this; }
 
  private:
-  void finish(Reply r) {
+  // A failure that never reached a grain.
+  void refuse(const grpc::Status& status) {
+    ctx_->AddTrailingMetadata(kOutcomeKey, outcome_text(true));
+    Finish(status);
+  }
+
+  void finish(Reply r, bool not_run) {
     if (r.code != StatusCode::ok) {
+      ctx_->AddTrailingMetadata(kOutcomeKey, outcome_text(not_run));
       Finish(to_grpc(r.code, r.error));
       return;
     }
@@ -162,6 +185,7 @@ class UnaryCall final : public grpc::ServerGenericBidiReactor {
     const auto s =
         grpc::SerializationTraits<google::protobuf::Message>::Serialize(*r.response, &response_, &own);
     if (!s.ok()) {
+      ctx_->AddTrailingMetadata(kOutcomeKey, outcome_text(false));
       Finish(grpc::Status(grpc::StatusCode::INTERNAL, "cannot serialize the response: " + s.error_message()));
       return;
     }
@@ -241,26 +265,30 @@ class StreamReactor final
     const Route* route = gw_.route(call.method());
     if (!route)
       return complete(id, call.one_way(),
-                      Reply::failure(StatusCode::unimplemented, no_route_message(gw_, call.method())));
+                      Reply::failure(StatusCode::unimplemented, no_route_message(gw_, call.method())), true);
     if (call.key().empty()) {
-      return complete(id, call.one_way(), Reply::failure(StatusCode::invalid_argument, "missing grain key"));
+      return complete(id, call.one_way(), Reply::failure(StatusCode::invalid_argument, "missing grain key"),
+                      true);
     }
-    if (gw_.draining()) {
+    std::string fenced;
+    if (gw_.draining() || !(fenced = gw_.fenced()).empty()) {
       // Not run: the client resends it to another gateway (retry_elsewhere), so a rolling restart loses
-      // no call.
-      Reply r = Reply::failure(StatusCode::unavailable, "silo is shutting down; retry on another gateway");
+      // no call, and a fenced silo's calls go where the cluster's view is current.
+      Reply r = Reply::failure(StatusCode::unavailable,
+                               (fenced.empty() ? std::string("silo is shutting down") : fenced) +
+                                   "; not run, retry on another gateway");
       r.location = "retry";
-      return complete(id, call.one_way(), std::move(r));
+      return complete(id, call.one_way(), std::move(r), true);
     }
     CallOptions options;
     options.timeout = std::chrono::milliseconds(call.timeout_ms());
     options.one_way = call.one_way();
     const bool one_way = call.one_way();
     run_call(gw_, *route, std::move(*call.mutable_key()), std::move(*call.mutable_payload()), options,
-             [this, id, one_way](Reply r) { complete(id, one_way, std::move(r)); });
+             [this, id, one_way](Reply r, bool not_run) { complete(id, one_way, std::move(r), not_run); });
   }
 
-  void complete(std::uint64_t id, bool one_way, Reply r) {
+  void complete(std::uint64_t id, bool one_way, Reply r, bool not_run = false) {
     std::lock_guard lock(mutex_);
     --outstanding_;
     if (!one_way && !broken_) {
@@ -280,6 +308,7 @@ class StreamReactor final
         result.set_code(static_cast<int>(r.code));
         result.set_error(std::move(r.error));
         result.set_retry_elsewhere(r.location == "retry");
+        result.set_not_run(not_run);
       }
       push_locked(std::move(result));
     }

@@ -51,6 +51,10 @@ class GatewayServer final : public app::Component {
     cluster_view_ = std::move(view);
   }
   const std::function<std::vector<gateway::SiloInfo>()>& cluster_view() const { return cluster_view_; }
+  /// Why this silo must not serve grain calls now (empty: it may), from the membership's lease. Calls
+  /// refused for it are answered UNAVAILABLE, "not run". Null: never fenced (a single silo).
+  void set_fence(std::function<std::string()> why_fenced) { fence_ = std::move(why_fenced); }
+  std::string fenced() const { return fence_ ? fence_() : std::string(); }
 
   /// The port actually bound (differs from the configured one when that is 0).
   int port() const noexcept { return port_; }
@@ -76,6 +80,7 @@ class GatewayServer final : public app::Component {
   std::mutex streams_mutex_;
   std::set<StreamReactor*> streams_;
   std::function<std::vector<gateway::SiloInfo>()> cluster_view_;
+  std::function<std::string()> fence_;
 };
 
 /// Parses "/pkg.Service/Method" into its parts; false when malformed.

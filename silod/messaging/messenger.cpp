@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include "cluster/lease.hpp"
 #include "silo/internal.grpc.pb.h"
 #include "silo/wire/frames.hpp"
 
@@ -30,14 +31,42 @@ std::shared_ptr<grpc::Channel> make_channel(const std::string& endpoint, std::si
   return grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args);
 }
 
-in::Envelope failure_response(std::uint64_t id, StatusCode code, const std::string& why) {
+in::Envelope failure_response(std::uint64_t id, StatusCode code, const std::string& why,
+                              bool not_run = false) {
   in::Envelope r;
   r.set_id(id);
   r.set_kind(in::Envelope::RESPONSE);
   r.set_code(static_cast<int>(code));
   r.set_error(why);
+  r.set_not_run(not_run);
   return r;
 }
+
+// The incarnation a call is meant for, from its `silo-to` metadata; empty when the caller named none.
+std::string target_of(const grpc::CallbackServerContext* ctx) {
+  const auto& md = ctx->client_metadata();
+  const auto it = md.find(kTargetKey);
+  return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+// Why this silo refuses a call meant for `target`, or empty: another generation on this address (a
+// restarted silo is a new silo; the caller's view is stale), or fenced.
+std::string refusal(const Messenger& m, const std::string& target) {
+  if (!target.empty() && target != m.self().str())
+    return "silo " + m.self().str() + " is not " + target + " (that generation is gone)";
+  if (m.lease() && m.lease()->fenced()) return "silo " + m.self().str() + ": " + m.lease()->why();
+  return {};
+}
+
+// Refuses a whole stream at once: nothing it carried ran.
+class RefusedStream final : public grpc::ServerBidiReactor<in::Batch, in::Batch> {
+ public:
+  RefusedStream(grpc::CallbackServerContext* ctx, const std::string& why) {
+    ctx->AddTrailingMetadata(kOutcomeKey, "not-run");
+    Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, why));
+  }
+  void OnDone() override { delete this; }
+};
 
 // A peer's stream into this silo. Requests are handed over as they arrive; responses are batched back.
 class InboundStream final : public BatchedServerStream<InboundStream, in::Batch, in::Batch, in::Envelope> {
@@ -73,14 +102,24 @@ class InboundStream final : public BatchedServerStream<InboundStream, in::Batch,
       return;
     }
     if (peer_.empty() && !in_.sender().empty()) peer_ = in_.sender();
+    // A fenced silo runs nothing (its grains may already be active elsewhere): each request is answered
+    // "not run" at once.
+    const cluster::Lease* lease = messenger_.lease();
+    const bool fenced = lease && lease->fenced();
     for (auto& env : *in_.mutable_envelopes()) {
       if (env.kind() == in::Envelope::REQUEST) {
         {
           std::lock_guard lock(mutex_);
           ++outstanding_;
         }
+        if (fenced) {
+          write(failure_response(env.id(), StatusCode::unavailable,
+                                 "silo " + messenger_.self().str() + ": " + lease->why() + "; not run",
+                                 true));
+          continue;
+        }
         messenger_.handlers().on_request(std::move(env), sink_);
-      } else if (env.kind() == in::Envelope::ONE_WAY) {
+      } else if (env.kind() == in::Envelope::ONE_WAY && !fenced) {
         messenger_.handlers().on_request(std::move(env), nullptr);
       }
     }
@@ -133,7 +172,11 @@ class InboundStream final : public BatchedServerStream<InboundStream, in::Batch,
 struct Messenger::Services final : public in::Silo::CallbackService {
   explicit Services(Messenger& m) : messenger(m) {}
 
-  grpc::ServerBidiReactor<in::Batch, in::Batch>* Connect(grpc::CallbackServerContext*) override {
+  grpc::ServerBidiReactor<in::Batch, in::Batch>* Connect(grpc::CallbackServerContext* ctx) override {
+    // Only the generation check here: the lease is checked per request, a stream outlives fences.
+    const std::string target = target_of(ctx);
+    if (!target.empty() && target != messenger.self().str())
+      return new RefusedStream(ctx, refusal(messenger, target));
     return new InboundStream(messenger, messenger.max_message());
   }
 
@@ -145,6 +188,8 @@ struct Messenger::Services final : public in::Silo::CallbackService {
       r->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, "this is " + messenger.self().str()));
       return r;
     }
+    // A probe answered is what keeps this silo's lease (cluster/lease.hpp).
+    if (messenger.lease()) messenger.lease()->heard_from(req->from(), req->sent_unix_ms());
     reply->set_silo(messenger.self().str());
     if (messenger.handlers().activations) reply->set_activations(messenger.handlers().activations());
     r->Finish(grpc::Status::OK);
@@ -156,6 +201,11 @@ struct Messenger::Services final : public in::Silo::CallbackService {
     auto* r = ctx->DefaultReactor();
     if (!messenger.handlers().on_directory) {
       r->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "directory not ready"));
+      return r;
+    }
+    if (const std::string why = refusal(messenger, target_of(ctx)); !why.empty()) {
+      ctx->AddTrailingMetadata(kOutcomeKey, "not-run");
+      r->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, why));
       return r;
     }
     *reply = messenger.handlers().on_directory(*req);
@@ -177,6 +227,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
 
   void start(std::shared_ptr<PeerLink> self) {
     self_ = std::move(self);
+    ctx_.AddMetadata(kTargetKey, peer_.str());
     stub_->async()->Connect(&ctx_, this);
     StartRead(&in_);
     StartCall();
@@ -240,15 +291,23 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
       dead_ = true;
       orphans.swap(outstanding_);
     }
+    // The peer refused the stream before running anything on it (another generation lives there now).
+    const auto& trailing = ctx_.GetServerTrailingMetadata();
+    const auto outcome = trailing.find(kOutcomeKey);
+    const bool not_run = outcome != trailing.end() && outcome->second == "not-run";
     if (!orphans.empty()) {
       spdlog::warn("messaging: stream to silo {} ended ({}); failing {} calls waiting on it", peer_.str(),
                    status.error_message(), orphans.size());
     }
     for (auto id : orphans) {
-      messenger_.handlers_.on_response(failure_response(id, StatusCode::unavailable,
-                                                        "silo " + peer_.str() + " became unreachable (" +
-                                                            status.error_message() +
-                                                            "); the call may or may not have run"));
+      messenger_.handlers_.on_response(
+          not_run ? failure_response(
+                        id, StatusCode::unavailable,
+                        "silo " + peer_.str() + " refused the call (" + status.error_message() + "); not run",
+                        true)
+                  : failure_response(id, StatusCode::unavailable,
+                                     "silo " + peer_.str() + " became unreachable (" +
+                                         status.error_message() + "); the call may or may not have run"));
     }
     messenger_.forget(this, !established_);
     // The last reference may be our own: it is released later, on another thread, after a grace period
@@ -427,7 +486,8 @@ void Messenger::forget(PeerLink* link, bool never_connected) {
 
 void Messenger::fail(in::Envelope request, const std::string& why) {
   if (request.kind() != in::Envelope::REQUEST) return;
-  handlers_.on_response(failure_response(request.id(), StatusCode::unavailable, why));
+  // Never handed to a stream: it did not run.
+  handlers_.on_response(failure_response(request.id(), StatusCode::unavailable, why, true));
 }
 
 void Messenger::peer_left(const cluster::SiloAddress& peer) {
@@ -448,7 +508,8 @@ void Messenger::send(const cluster::SiloAddress& peer, in::Envelope request) {
       handlers_.on_response(failure_response(request.id(), StatusCode::resource_exhausted,
                                              "request of " + std::to_string(size) +
                                                  " bytes exceeds the message size limit (" +
-                                                 std::to_string(max_message()) + ")"));
+                                                 std::to_string(max_message()) + ")",
+                                             true));
     }
     return;
   }
@@ -476,6 +537,9 @@ void Messenger::ping(const cluster::SiloAddress& peer, std::chrono::milliseconds
   call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   call->req.set_from(self_.str());
   call->req.set_to(peer.str());
+  call->req.set_sent_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count());
   auto* raw = static_cast<Call*>(adopt(call));
   l->stub().async()->Ping(&raw->ctx, &raw->req, &raw->reply,
                           [this, raw, done = std::move(done)](grpc::Status s) {
@@ -500,6 +564,7 @@ void Messenger::directory(const cluster::SiloAddress& peer, in::DirectoryRequest
   call->ctx.set_deadline(std::chrono::system_clock::now() + timeout);
   call->req = std::move(request);
   call->req.set_from(self_.str());
+  call->ctx.AddMetadata(kTargetKey, peer.str());
   auto* raw = static_cast<Call*>(adopt(call));
   l->stub().async()->Directory(&raw->ctx, &raw->req, &raw->reply,
                                [this, raw, done = std::move(done)](grpc::Status s) {

@@ -3,6 +3,9 @@
 // peer. Requests and one-way calls travel in batches; a response returns on the stream its request came
 // on. When a stream breaks, the calls waiting on it fail at once with UNAVAILABLE instead of waiting for
 // their deadline; so do the calls to a peer the membership declares dead.
+// Every outbound call names its target incarnation (`silo-to` metadata); the inbound side refuses calls
+// for another generation and, while the lease says this silo is fenced, every grain request and directory
+// rpc, marking those refusals "not run" (`silo-outcome: not-run`, Envelope.not_run).
 
 #include <chrono>
 #include <functional>
@@ -21,7 +24,16 @@ namespace grpc {
 class Server;
 }
 
+namespace silo::cluster {
+class Lease;
+}
+
 namespace silo::messaging {
+
+/// The metadata key naming the silo a call is meant for (SiloAddress::str()), and the trailing metadata
+/// key a refusal carries ("not-run"; the gateway also sends "may-have-run").
+inline constexpr const char* kTargetKey = "silo-to";
+inline constexpr const char* kOutcomeKey = "silo-outcome";
 
 namespace in = silo::internal;
 
@@ -51,6 +63,9 @@ class Messenger final : public app::Component {
   ~Messenger() override;
   std::string_view name() const override { return "messaging"; }
   void set_handlers(Handlers h) { handlers_ = std::move(h); }
+  /// Whether this silo may serve (owned by the membership agent); null: always.
+  void set_lease(cluster::Lease* lease) { lease_ = lease; }
+  cluster::Lease* lease() const noexcept { return lease_; }
   void start() override;
   void stop(Deadline deadline) override;
 
@@ -90,6 +105,7 @@ class Messenger final : public app::Component {
   const config::Config& cfg_;
   cluster::SiloAddress self_;
   Handlers handlers_;
+  cluster::Lease* lease_ = nullptr;
   std::unique_ptr<Services> services_;
   std::unique_ptr<grpc::Server> server_;
   std::mutex mutex_;

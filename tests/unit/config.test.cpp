@@ -77,6 +77,8 @@ TEST_CASE("an empty document gives the defaults", "[config]") {
   CHECK(c.membership.provider == "local");
   CHECK(c.membership.dsn.empty());
   CHECK(c.membership.probe_interval == 500ms);
+  CHECK(c.membership.lease == 800ms);
+  CHECK(c.membership.i_am_alive_interval == 500ms);
   CHECK(c.membership.defunct_age == 24h);
   REQUIRE(c.storage.size() == 1);
   CHECK(c.storage.at("default").provider == "memory");
@@ -121,6 +123,7 @@ membership:
   missed_probes: 4
   votes_to_kill: 3
   vote_expiry: 2m
+  lease: 2s
   i_am_alive_interval: 10s
   poll_interval: 20s
   defunct_age: 2d
@@ -175,6 +178,7 @@ metrics:
   CHECK(c.membership.missed_probes == 4);
   CHECK(c.membership.votes_to_kill == 3);
   CHECK(c.membership.vote_expiry == 2min);
+  CHECK(c.membership.lease == 2s);
   CHECK(c.membership.i_am_alive_interval == 10s);
   CHECK(c.membership.poll_interval == 20s);
   CHECK(c.membership.defunct_age == 48h);
@@ -440,6 +444,27 @@ TEST_CASE("semantic checks after parsing", "[config]") {
     CHECK(error_of("silo:\n  name: a\n  threads: 1025\n") ==
           "t.yaml:3: silo.threads: at most 1024 threads, got 1025");
     CHECK(parse_ok("silo:\n  threads: 1024\n").silo.threads == 1024);
+  }
+  SECTION("the lease ends before peers may declare a silo dead, and outlasts a probe interval") {
+    // Defaults: 3 * 500 ms - 500 ms = 1000 ms.
+    CHECK(error_of("membership:\n  lease: 1s\n") ==
+          "t.yaml:2: membership.lease: must be shorter than missed_probes * probe_interval - probe_timeout "
+          "(1000 ms), the earliest its peers can declare a silo dead after its last answered probe");
+    CHECK(parse_ok("membership:\n  lease: 999ms\n").membership.lease == 999ms);
+    // Faster detection needs a shorter lease: the relation is checked whatever key changed.
+    CHECK(error_of("membership:\n  missed_probes: 2\n") ==
+          "t.yaml:2: membership.lease: must be shorter than missed_probes * probe_interval - probe_timeout "
+          "(500 ms), the earliest its peers can declare a silo dead after its last answered probe");
+    CHECK(error_of("membership:\n  probe_interval: 1s\n  lease: 900ms\n") ==
+          "t.yaml:3: membership.lease: must be longer than membership.probe_interval (1000 ms), or a healthy "
+          "silo stops serving between two probes");
+  }
+  SECTION("votes_to_kill, missed_probes and probed_silos are at least 1") {
+    CHECK(error_of("membership:\n  votes_to_kill: 0\n") ==
+          "t.yaml:2: membership.votes_to_kill: must be at least 1");
+    CHECK(error_of("membership:\n  missed_probes: 0\n  lease: 600ms\n") ==
+          "t.yaml:2: membership.missed_probes: must be at least 1");
+    CHECK(parse_ok("membership:\n  votes_to_kill: 1\n").membership.votes_to_kill == 1);
   }
   SECTION("postgres providers may leave the dsn to the PG* environment") {
     Config c = parse_ok("membership:\n  provider: postgres\nstorage:\n  default:\n    provider: postgres\n");

@@ -14,6 +14,18 @@
 /// it fail with UNAVAILABLE (they may or may not have run: delivery is at most once) and later calls go to
 /// the next gateway in the list. A gateway that is shutting down hands new calls to another gateway while
 /// its calls in flight complete.
+///
+/// Every failed call says whether it ran: the client throws silo::CallError (a silo::Error) whose
+/// outcome() is Outcome::not_run when the call provably never reached a grain (the client never sent it,
+/// or a gateway refused it: unknown method, draining, fenced silo) and Outcome::may_have_run otherwise (the
+/// connection broke after the call was sent, the deadline passed, or the grain failed). The client resends
+/// by itself only calls it never sent and calls a gateway refused with "retry elsewhere":
+/// ```cpp
+/// try { co_await counter.Add(one); }
+/// catch (const silo::CallError& e) {
+///   if (e.outcome() == silo::Outcome::not_run) { /* safe to retry */ }
+/// }
+/// ```
 
 #include <chrono>
 #include <functional>
@@ -31,6 +43,29 @@
 #include <silo/task.hpp>
 
 namespace silo {
+
+/// Whether a failed call ran.
+enum class Outcome : std::uint8_t {
+  not_run,       ///< provably never reached a grain: safe to send again
+  may_have_run,  ///< it ran, or may have: send again only if it is idempotent
+};
+
+/// "not_run" / "may_have_run".
+const char* to_string(Outcome outcome) noexcept;
+
+/// What a call through silo::Client throws when it fails: its status and whether it ran.
+class CallError final : public Error {
+ public:
+  CallError(StatusCode code, const std::string& message, Outcome outcome)
+      : Error(code, message), outcome_(outcome) {}
+  Outcome outcome() const noexcept { return outcome_; }
+
+ private:
+  Outcome outcome_;
+};
+
+/// The outcome of any exception a call threw: a CallError's own, else Outcome::may_have_run.
+Outcome outcome_of(const std::exception& e) noexcept;
 
 struct ClientOptions {
   /// Gateway endpoints, "host:port". At least one.
