@@ -5,6 +5,9 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <silo/asio.hpp>
 
 #include "runtime/reminders.hpp"
@@ -83,22 +86,23 @@ messaging::Handlers ClusterRouter::handlers() {
 
 void ClusterRouter::on_view(const MembershipSnapshot& view) {
   std::vector<SiloAddress> active;
+  std::vector<SiloAddress> live;  // may hold activations: active, or shutting down and draining them
   std::vector<Candidate> candidates;
   for (const auto& row : view.rows) {
+    if (row.status == SiloStatus::shutting_down) live.push_back(row.address);
     if (row.status != SiloStatus::active) continue;
     active.push_back(row.address);
+    live.push_back(row.address);
     candidates.push_back(Candidate{row.address, row.grain_types, row.activations});
   }
   std::vector<std::string> members;
   for (const auto& a : active)
     members.push_back(a.str());
   std::sort(members.begin(), members.end());
-  bool ring_changed = false;
   std::vector<std::pair<SiloAddress, bool>> newly_dead;  // (silo, left gracefully)
   {
     std::lock_guard lock(mutex_);
     candidates_ = std::move(candidates);
-    ring_changed = members != ring_members_;
     ring_members_ = members;
     std::unordered_map<std::string, SiloStatus> statuses;
     for (const auto& row : view.rows) {
@@ -115,7 +119,8 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
     }
     last_status_ = std::move(statuses);
   }
-  directory_.update(active);
+  // Every silo sees every view (loads change with each heartbeat); the directory acts on new versions.
+  const bool changed = directory_.update(view.version, active, live);
   for (const auto& [silo, graceful] : newly_dead) {
     // A silo that left gracefully still answers what it was asked: drain, don't cancel.
     if (graceful)
@@ -123,32 +128,91 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
     else
       messenger_.peer_dead(silo);
   }
-  if (ring_changed && active.size() > 1) reregister(active);
+  if (changed) reregister(view.version, active);
 }
 
-void ClusterRouter::reregister(const std::vector<SiloAddress>& active) {
-  // Ranges moved: tell each activation's (possibly new) directory owner that it lives here.
-  std::unordered_map<std::string, in::DirectoryRequest> by_owner;
-  std::unordered_map<std::string, SiloAddress> owners;
+ActivationRef ClusterRouter::identity(const std::string& id, bool fresh) {
+  std::lock_guard lock(ids_mutex_);
+  auto [it, inserted] = local_ids_.try_emplace(id, 0);
+  if (inserted || fresh) it->second = next_activation_++;
+  return ActivationRef{self_.str(), it->second};
+}
+
+void ClusterRouter::forget(const std::string& id, std::uint64_t activation) {
+  std::lock_guard lock(ids_mutex_);
+  auto it = local_ids_.find(id);
+  if (it != local_ids_.end() && it->second == activation) local_ids_.erase(it);
+}
+
+void ClusterRouter::reregister(std::int64_t version, const std::vector<SiloAddress>& active) {
+  // A new view: every owner forgot what it no longer owns and waits until each live silo has told it which
+  // of its ids live here (possibly none), so each owner gets one batch, empty or not.
+  using Grains = std::vector<std::pair<const runtime::GrainClass*, std::string>>;
+  std::unordered_map<std::string, std::shared_ptr<in::DirectoryRequest>> by_owner;
+  std::unordered_map<std::string, std::shared_ptr<Grains>> grains_by_owner;
+  for (const auto& a : active) {
+    if (a == self_) continue;
+    auto req = std::make_shared<in::DirectoryRequest>();
+    req->set_op(in::DirectoryRequest::REGISTER);
+    req->set_view(version);
+    req->set_recovery(true);
+    req->set_from(self_.str());
+    by_owner[a.str()] = req;
+    grains_by_owner[a.str()] = std::make_shared<Grains>();
+  }
   for (const auto& [cls, key] : rt_.local_activations()) {
     const std::string id = grain_id(*cls, key);
     const SiloAddress owner = directory_.owner(id);
     if (owner.empty()) continue;
+    const ActivationRef me = identity(id, false);
     if (owner == self_) {
-      directory_.register_local(id, self_.str());
+      const auto r = directory_.register_local(id, me, version, true);
+      if (r.result == Directory::Result::ok && !(r.holder == me)) lose(*cls, key, r.holder.silo);
       continue;
     }
-    auto& req = by_owner[owner.str()];
-    owners[owner.str()] = owner;
-    req.set_op(in::DirectoryRequest::REGISTER);
-    req.add_grain_ids(id);
-    req.add_silos(self_.str());
+    auto it = by_owner.find(owner.str());
+    if (it == by_owner.end()) continue;
+    it->second->add_grain_ids(id);
+    it->second->add_silos(me.silo);
+    it->second->add_activations(me.activation);
+    grains_by_owner[owner.str()]->emplace_back(cls, key);
   }
-  for (auto& [owner, req] : by_owner) {
-    spdlog::info("directory: re-registering {} activations with silo {}", req.grain_ids_size(), owner);
-    messenger_.directory(owners[owner], std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
+  directory_.recovered(self_.str(), version);
+  for (const auto& a : active) {
+    if (a == self_) continue;
+    if (by_owner[a.str()]->grain_ids_size() > 0) {
+      spdlog::info("directory: re-registering {} activations with silo {} (view {})",
+                   by_owner[a.str()]->grain_ids_size(), a.str(), version);
+    }
+    send_recovery(a, by_owner[a.str()], grains_by_owner[a.str()]);
   }
-  (void)active;
+}
+
+void ClusterRouter::send_recovery(
+    SiloAddress owner, std::shared_ptr<in::DirectoryRequest> request,
+    std::shared_ptr<std::vector<std::pair<const runtime::GrainClass*, std::string>>> grains) {
+  if (directory_.version() != request->view()) return;  // a newer view re-registers everything again
+  messenger_.directory(
+      owner, *request, directory_timeout, [this, owner, request, grains](bool ok, in::DirectoryReply r) {
+        if (ok && r.status() == in::DirectoryReply::OK) {
+          for (int i = 0; i < r.silos_size() && i < static_cast<int>(grains->size()); ++i) {
+            if (r.silos(i) != self_.str()) lose(*(*grains)[i].first, (*grains)[i].second, r.silos(i));
+          }
+          return;
+        }
+        // The owner is behind (or ahead) of our view, or unreachable: it cannot serve new registrations until
+        // it has this batch, so keep trying while this view lasts.
+        auto timer = std::make_shared<asio::steady_timer>(rt_.shard(0).io(), std::chrono::milliseconds(50));
+        timer->async_wait([this, timer, owner, request, grains](boost::system::error_code ec) {
+          if (!ec) send_recovery(owner, request, grains);
+        });
+      });
+}
+
+void ClusterRouter::lose(const runtime::GrainClass& cls, const std::string& key, const std::string& holder) {
+  spdlog::warn("directory: {}/{} is held by silo {}; deactivating the copy here", cls.name(), key, holder);
+  runtime::Shard& shard = rt_.shard_for(cls, key);
+  asio::post(shard.io(), [&shard, &cls, key] { shard.lose(cls, key); });
 }
 
 bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key, bool exclude_self,
@@ -223,9 +287,9 @@ void ClusterRouter::route(runtime::Shard& from, RequestPtr request) {
   if (auto cached = directory_.cached(id)) return send_to(from, std::move(request), *cached);
   const SiloAddress owner = directory_.owner(id);
   if (owner.empty() || owner == self_) {
-    const std::string holder = directory_.lookup_local(id);
+    const ActivationRef holder = directory_.lookup_local(id);
     SiloAddress target;
-    if (!holder.empty() && parse_silo_address(holder, target)) {
+    if (!holder.empty() && parse_silo_address(holder.silo, target)) {
       directory_.cache(id, target);
     } else {
       if (!place(*request->cls, request->key, false, target)) target = self_;
@@ -337,40 +401,123 @@ bool ClusterRouter::place_elsewhere(runtime::Shard& from, RequestPtr& request) {
 }
 
 void ClusterRouter::register_activation(runtime::Shard& shard, const runtime::GrainClass& cls,
-                                        const std::string& key, std::function<void(std::string)> done) {
+                                        const std::string& key, runtime::Clock::time_point deadline,
+                                        std::function<void(Registration)> done) {
   const std::string id = grain_id(cls, key);
-  const SiloAddress owner = directory_.owner(id);
-  if (owner.empty() || owner == self_) {
-    std::string holder = directory_.register_local(id, self_.str());
-    if (holder == self_.str()) holder.clear();
-    asio::post(shard.io(), [done = std::move(done), holder = std::move(holder)] { done(holder); });
-    return;
+  asio::co_spawn(shard.io(), register_loop(shard, id, identity(id, true), deadline, std::move(done)),
+                 [](std::exception_ptr e) {
+                   if (e) spdlog::error("directory: registering an activation failed unexpectedly");
+                 });
+}
+
+// Asks the owner under the current view until one confirms under a view that is still current: an owner
+// that is unreachable, behind or ahead, or still recovering its ranges is asked again after a pause (a new
+// view is on its way), never bypassed.
+Task<void> ClusterRouter::register_loop(runtime::Shard& shard, std::string id, ActivationRef me,
+                                        runtime::Clock::time_point deadline,
+                                        std::function<void(Registration)> done) {
+  constexpr auto pause = std::chrono::milliseconds(50);
+  asio::steady_timer timer(shard.io());
+  for (;;) {
+    const std::int64_t view = directory_.version();
+    const SiloAddress owner = directory_.owner(id);
+    std::optional<ActivationRef> holder;
+    if (owner.empty()) {
+      holder = me;  // no active silo: nothing to agree with
+    } else if (owner == self_) {
+      const auto r = directory_.register_local(id, me, view, false);
+      if (r.result == Directory::Result::ok) holder = r.holder;
+    } else {
+      in::DirectoryRequest req;
+      req.set_op(in::DirectoryRequest::REGISTER);
+      req.set_view(view);
+      req.set_from(self_.str());
+      req.add_grain_ids(id);
+      req.add_silos(me.silo);
+      req.add_activations(me.activation);
+      const auto left = deadline - runtime::Clock::now();
+      if (left > runtime::Clock::duration::zero()) {
+        auto reply = co_await ask(shard, owner, std::move(req),
+                                  std::min<runtime::Clock::duration>(left, directory_timeout));
+        if (reply && reply->status() == in::DirectoryReply::OK && reply->silos_size() > 0)
+          holder = ActivationRef{reply->silos(0), reply->activations_size() ? reply->activations(0) : 0};
+      }
+    }
+    if (holder && directory_.version() == view) {
+      Registration reg;
+      if (*holder == me) {
+        reg.outcome = Registration::Outcome::registered;
+      } else {
+        forget(id, me.activation);
+        reg.outcome = Registration::Outcome::elsewhere;
+        reg.holder = holder->silo;
+      }
+      done(std::move(reg));
+      co_return;
+    }
+    if (runtime::Clock::now() + pause >= deadline) {
+      spdlog::warn("directory: no owner confirmed {} before its deadline (view {}); the calls fail unrun", id,
+                   view);
+      forget(id, me.activation);
+      // It may have been registered meanwhile (a re-registration batch listed it): take that back.
+      if (!owner.empty()) {
+        in::DirectoryRequest req;
+        req.set_op(in::DirectoryRequest::UNREGISTER);
+        req.add_grain_ids(id);
+        req.add_silos(me.silo);
+        req.add_activations(me.activation);
+        if (owner == self_)
+          directory_.unregister_local(id, me);
+        else
+          messenger_.directory(owner, std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
+      }
+      done(Registration{Registration::Outcome::unavailable, {}});
+      co_return;
+    }
+    timer.expires_after(pause);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-  in::DirectoryRequest req;
-  req.set_op(in::DirectoryRequest::REGISTER);
-  req.add_grain_ids(id);
-  req.add_silos(self_.str());
-  messenger_.directory(owner, std::move(req), directory_timeout,
-                       [this, &shard, done = std::move(done), id](bool ok, in::DirectoryReply reply) {
-                         std::string holder;
-                         if (ok && reply.silos_size() > 0 && reply.silos(0) != self_.str())
-                           holder = reply.silos(0);
-                         // Owner unreachable: activate here anyway; should a duplicate exist meanwhile, etag
-                         // checks on state writes deactivate the loser.
-                         if (!ok) spdlog::debug("directory: owner of {} unreachable; activating locally", id);
-                         asio::post(shard.io(), [done, holder] { done(holder); });
-                       });
+}
+
+Task<std::optional<in::DirectoryReply>> ClusterRouter::ask(runtime::Shard& shard, SiloAddress owner,
+                                                           in::DirectoryRequest request,
+                                                           runtime::Clock::duration timeout) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(std::optional<in::DirectoryReply>)>(
+      [this, &shard, owner = std::move(owner), request = std::move(request), timeout](auto handler) mutable {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        messenger_.directory(
+            owner, std::move(request), std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
+            [&shard, h](bool ok, in::DirectoryReply reply) {
+              std::optional<in::DirectoryReply> out;
+              if (ok) out = std::move(reply);
+              asio::post(shard.io(), [h, out = std::move(out)]() mutable { std::move (*h)(std::move(out)); });
+            });
+      },
+      asio::use_awaitable);
 }
 
 void ClusterRouter::unregister_activation(const runtime::GrainClass& cls, const std::string& key) {
   const std::string id = grain_id(cls, key);
   directory_.uncache(id);
+  std::uint64_t activation = 0;
+  {
+    std::lock_guard lock(ids_mutex_);
+    auto it = local_ids_.find(id);
+    if (it == local_ids_.end()) return;
+    activation = it->second;
+    local_ids_.erase(it);
+  }
+  const ActivationRef me{self_.str(), activation};
   const SiloAddress owner = directory_.owner(id);
-  if (owner.empty() || owner == self_) return directory_.unregister_local(id, self_.str());
+  if (owner.empty() || owner == self_) return directory_.unregister_local(id, me);
   in::DirectoryRequest req;
   req.set_op(in::DirectoryRequest::UNREGISTER);
+  req.set_view(directory_.version());
+  req.set_from(self_.str());
   req.add_grain_ids(id);
-  req.add_silos(self_.str());
+  req.add_silos(me.silo);
+  req.add_activations(me.activation);
   messenger_.directory(owner, std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
 }
 
