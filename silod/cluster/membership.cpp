@@ -199,7 +199,10 @@ void MembershipAgent::probe_tick() {
   MembershipSnapshot snap = view();
   std::vector<const MembershipRow*> ring;
   for (const auto& row : snap.rows)
-    if (row.status == SiloStatus::active || row.address == self_) ring.push_back(&row);
+    // Shutting-down silos too: one that dies while draining must still be declared dead (the directory
+    // keeps its grains, and waits for its re-registrations, while it is not).
+    if (row.status == SiloStatus::active || row.status == SiloStatus::shutting_down || row.address == self_)
+      ring.push_back(&row);
   std::sort(ring.begin(), ring.end(), [](const auto* a, const auto* b) {
     return stable_hash(a->address.str()) < stable_hash(b->address.str());
   });

@@ -360,3 +360,42 @@ TEST_CASE("graceful shutdown: a finishing turn's grain-to-grain call goes to ano
             activations_of(cluster.node(1).gateway(), kTracker) ==
         1);
 }
+
+// A silo that dies while draining stays "shutting_down" in the table unless someone declares it dead; the
+// directory keeps a shutting-down silo's grains (and waits for its re-registrations), so failure detection
+// must cover it, or its grains would never answer again.
+TEST_CASE("a silo killed while draining is declared dead and its grains start elsewhere", "[directory]") {
+  Cluster cluster("killed-draining");
+  cluster.start_nodes(3);
+  auto leaving = client_of(cluster.node(2).gateway());
+  auto via_1 = client_of(cluster.node(1).gateway());
+  auto via_0 = client_of(cluster.node(0).gateway());
+  const Hit warm = leaving->wait(hit(leaving->ref<dirtest::TrackerRef>("d"), 0, "", 10s));
+  REQUIRE(warm.ok);
+  REQUIRE(activations_of(cluster.node(2).gateway(), kTracker) == 1);
+  leaving.reset();
+  // A long turn keeps silo-2 draining until it is killed.
+  auto slow = via_1->spawn(hit(via_1->ref<dirtest::TrackerRef>("d"), 10000, "", 20s));
+  std::this_thread::sleep_for(300ms);
+  cluster.node(2).process->signal(SIGTERM);
+  REQUIRE(cluster.node(2).process->wait_log("grains: deactivating", 5000ms));
+  cluster.node(2).process->signal(SIGKILL);
+  REQUIRE(cluster.node(2).process->wait_exit(5s) == std::optional<int>(128 + SIGKILL));
+  CHECK_FALSE(slow.get().ok);  // its silo died under it
+
+  // Calls to its grain fail (UNAVAILABLE) until failure detection declares it dead, then answer from a new
+  // activation. 25 s: detection takes seconds; without it being declared dead they never answer.
+  Hit again;
+  const auto give_up = Clock::now() + 25s;
+  while (!again.ok && Clock::now() < give_up) {
+    again = via_0->wait(hit(via_0->ref<dirtest::TrackerRef>("d"), 0, "", 5s));
+    if (!again.ok) std::this_thread::sleep_for(200ms);
+  }
+  INFO(cluster.logs());
+  INFO("last call after the kill: " << again.error);
+  REQUIRE(again.ok);
+  CHECK(again.reply.activation() != warm.reply.activation());
+  const Hit fresh = via_1->wait(hit(via_1->ref<dirtest::TrackerRef>("fresh"), 0, "", 25s));
+  INFO("fresh grain: " << fresh.error);
+  CHECK(fresh.ok);
+}
