@@ -143,7 +143,7 @@ void Activation::enqueue(RequestPtr r) {
                                         " always_interleave, or enable call_chain_reentrancy"));
     return;
   }
-  if (state_ == State::valid && r->kind == Request::Kind::call && r->method->always_interleave) {
+  if (state_ == State::valid && !lost_ && r->kind == Request::Kind::call && r->method->always_interleave) {
     start_turn(std::move(r));
     return;
   }
@@ -164,7 +164,8 @@ void Activation::pump() {
   while (!lost_ && !queue_.empty() && can_start(queue_.front())) {
     start_turn(queue_.pop_front());
   }
-  if (deactivate_requested_ && idle()) {
+  // A lost activation deactivates with calls still queued: they go to the winner, not to its turns.
+  if (deactivate_requested_ && (idle() || (lost_ && running_ == 0))) {
     state_ = State::deactivating;
     asio::co_spawn(shard_.io(), run_deactivate(), log_coroutine_failure);
   }
