@@ -9,19 +9,6 @@ constexpr int virtual_nodes = 30;
 constexpr std::size_t max_cache = 1'000'000;  // beyond this the cache starts over (cheap and bounded)
 }  // namespace
 
-std::uint64_t stable_hash(std::string_view s) noexcept {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  // FNV alone clusters similar strings; a final mix spreads them over the ring.
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  return h;
-}
-
 Directory::Directory(SiloAddress self) : self_(std::move(self)) {
   ring_.emplace_back(stable_hash(self_.str()), self_);
   live_.insert(self_.str());

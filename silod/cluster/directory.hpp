@@ -24,12 +24,12 @@
 #include <vector>
 
 #include "cluster/silo_address.hpp"
+#include "placement/placement.hpp"
 #include "silo/internal.pb.h"
 
 namespace silo::cluster {
 
-/// FNV-1a: stable across processes and builds (the ring must agree on every silo).
-std::uint64_t stable_hash(std::string_view s) noexcept;
+using placement::stable_hash;  // the ring and hash placement must agree on every silo
 
 /// One activation: its silo and an id unique within that silo's lifetime.
 struct ActivationRef {

@@ -28,7 +28,7 @@ namespace {
 constexpr std::uint32_t max_hops = 3;
 constexpr auto directory_timeout = std::chrono::seconds(2);
 
-thread_local std::mt19937_64 rng{std::random_device{}()};
+thread_local placement::Rng rng{std::random_device{}()};
 
 // The reply to a request from another silo goes back on the stream it came on.
 class EnvelopeSink final : public runtime::ReplySink {
@@ -246,39 +246,29 @@ bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key
       }
     }
   }
+  std::vector<placement::Site> sites;
+  sites.reserve(fit.size());
+  for (const auto* c : fit)
+    sites.push_back(placement::Site{c->address.str(), c->activations, c->address == self_});
   switch (cls.placement) {
     case Placement::prefer_local:
       if (!exclude_self) {
-        for (const auto* c : fit)
-          if (c->address == self_) return (out = self_), true;
+        if (auto i = placement::prefer_local(sites)) return (out = fit[*i]->address), true;
       }
       break;
-    case Placement::hash: {
-      // Rendezvous hashing: stable for a key while the set of silos is, and spreads keys evenly.
-      const std::string id = grain_id(cls, key);
-      const Candidate* best = nullptr;
-      std::uint64_t best_score = 0;
-      for (const auto* c : fit) {
-        const std::uint64_t score = stable_hash(id + "@" + c->address.str());
-        if (!best || score > best_score) best = c, best_score = score;
-      }
-      out = best->address;
+    case Placement::hash:
+      out = fit[placement::hash(grain_id(cls, key), sites)]->address;
       return true;
-    }
-    case Placement::activation_count: {
-      // Power of two choices over the load each silo publishes with its heartbeat.
-      const auto* a = fit[rng() % fit.size()];
-      const auto* b = fit[rng() % fit.size()];
-      out = (a->activations <= b->activations ? a : b)->address;
+    case Placement::activation_count:
+      out = fit[placement::activation_count(sites, rng)]->address;
       return true;
-    }
     case Placement::stateless_worker:
       out = self_;
       return true;
     default:
       break;
   }
-  out = fit[rng() % fit.size()]->address;
+  out = fit[placement::random(sites, rng)]->address;
   return true;
 }
 
