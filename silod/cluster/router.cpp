@@ -10,7 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <silo/asio.hpp>
 
-#include "runtime/reminders.hpp"
+#include "messaging/envelope_codec.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
 
@@ -36,21 +36,7 @@ class EnvelopeSink final : public runtime::ReplySink {
   EnvelopeSink(std::shared_ptr<messaging::ResponseSink> sink, std::string self)
       : sink_(std::move(sink)), self_(std::move(self)) {}
   void reply(const Request& request, Reply reply) override {
-    in::Envelope env;
-    env.set_id(request.call_id);
-    env.set_kind(in::Envelope::RESPONSE);
-    env.set_code(static_cast<int>(reply.code));
-    if (reply.code != StatusCode::ok) {
-      env.set_error(std::move(reply.error));
-    } else if (reply.response) {
-      reply.response->SerializeToString(env.mutable_payload());
-    } else {
-      env.set_payload(std::move(reply.response_bytes));
-    }
-    env.set_location(reply.location.empty() ? self_ : reply.location);
-    env.set_grain_type(request.cls->name());
-    env.set_grain_key(request.key);
-    sink_->send(std::move(env));
+    sink_->send(messaging::encode_reply(request, std::move(reply), self_));
   }
 
  private:
@@ -317,28 +303,7 @@ void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const Silo
     return;
   }
   if (request->sink) return relay(from, std::move(request), target);
-  in::Envelope env;
-  env.set_id(request->call_id);
-  env.set_kind(request->call_id == 0 ? in::Envelope::ONE_WAY : in::Envelope::REQUEST);
-  env.set_grain_type(request->cls->name());
-  env.set_grain_key(request->key);
-  // Reminder ticks travel as a pseudo-method no proto can declare ('#' is not an identifier character).
-  env.set_method(request->kind == Request::Kind::reminder_tick ? "#reminder" : request->method->name);
-  if (request->arg)
-    request->arg->SerializeToString(env.mutable_payload());
-  else
-    env.set_payload(std::move(request->arg_bytes));
-  if (request->deadline != Clock::time_point::max()) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(request->deadline - Clock::now());
-    env.set_timeout_ms(static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count())));
-  }
-  for (const auto& link : request->chain) {
-    auto* l = env.add_chain();
-    l->set_grain_type(link.cls->name());
-    l->set_grain_key(link.key);
-  }
-  env.set_hops(request->hops);
-  messenger_.send(target, std::move(env));
+  messenger_.send(target, messaging::encode_request(*request));
 }
 
 void ClusterRouter::relay(runtime::Shard& from, RequestPtr original, const SiloAddress& target) {
@@ -512,45 +477,26 @@ void ClusterRouter::unregister_activation(const runtime::GrainClass& cls, const 
 }
 
 void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::ResponseSink> sink) {
-  auto fail = [&](StatusCode code, const std::string& why) {
+  const std::uint64_t id = env.id();
+  auto decoded = messaging::decode_request(
+      env, [this](std::string_view type) { return rt_.find_class(type); }, rt_.options().call_timeout,
+      self_.str());
+  if (!decoded.request) {
     if (!sink) return;
     in::Envelope r;
-    r.set_id(env.id());
+    r.set_id(id);
     r.set_kind(in::Envelope::RESPONSE);
-    r.set_code(static_cast<int>(code));
-    r.set_error(why);
+    r.set_code(static_cast<int>(decoded.code));
+    r.set_error(std::move(decoded.error));
     sink->send(std::move(r));
-  };
-  const runtime::GrainClass* cls = rt_.find_class(env.grain_type());
-  if (!cls) {
-    return fail(StatusCode::unimplemented,
-                "grain type " + env.grain_type() + " is not loaded on silo " + self_.str());
+    return;
   }
-  const MethodInfo* method = nullptr;
-  const bool reminder = env.method() == "#reminder";
-  if (reminder) method = &runtime::reminder_method;
-  for (const auto& m : cls->info->methods)
-    if (!reminder && env.method() == m.name) method = &m;
-  if (!method) return fail(StatusCode::unimplemented, env.grain_type() + " has no method " + env.method());
-  auto r = std::make_unique<Request>();
-  if (reminder) r->kind = Request::Kind::reminder_tick;
-  r->cls = cls;
-  r->key = std::move(*env.mutable_grain_key());
-  r->method = method;
-  r->arg_bytes = std::move(*env.mutable_payload());
-  for (const auto& link : env.chain()) {
-    if (const auto* c = rt_.find_class(link.grain_type()))
-      r->chain.push_back(runtime::ChainLink{c, link.grain_key()});
-  }
-  const auto timeout =
-      env.timeout_ms() ? std::chrono::milliseconds(env.timeout_ms()) : rt_.options().call_timeout;
-  r->deadline = Clock::now() + timeout;
-  r->hops = env.hops();
+  RequestPtr r = std::move(decoded.request);
   if (sink) {
-    r->call_id = env.id();
+    r->call_id = id;
     r->sink = std::make_shared<EnvelopeSink>(std::move(sink), self_.str());
   }
-  runtime::Shard& shard = rt_.shard_for(*cls, r->key);
+  runtime::Shard& shard = rt_.shard_for(*r->cls, r->key);
   asio::post(shard.io(), [&shard, r = std::move(r)]() mutable { shard.deliver(std::move(r)); });
 }
 
@@ -563,11 +509,7 @@ void ClusterRouter::on_response(in::Envelope env) {
       directory_.cache(env.grain_type() + "/" + env.grain_key(), where);
     }
   }
-  Reply reply;
-  reply.code = static_cast<StatusCode>(env.code());
-  reply.error = std::move(*env.mutable_error());
-  reply.response_bytes = std::move(*env.mutable_payload());
-  reply.location = std::move(*env.mutable_location());
+  Reply reply = messaging::decode_reply(env);
   runtime::Shard& shard = rt_.shard(index);
   asio::post(shard.io(), [&shard, id = env.id(), reply = std::move(reply)]() mutable {
     shard.complete(id, std::move(reply));
