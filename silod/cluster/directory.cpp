@@ -11,6 +11,7 @@ constexpr std::size_t max_cache = 1'000'000;  // beyond this the cache starts ov
 
 Directory::Directory(SiloAddress self) : self_(std::move(self)) {
   ring_.emplace_back(stable_hash(self_.str()), self_);
+  owners_.push_back(self_.str());
   live_.insert(self_.str());
   reported_.emplace(self_.str(), version_);
 }
@@ -26,12 +27,26 @@ bool Directory::update(std::int64_t version, const std::vector<SiloAddress>& act
   std::unordered_set<std::string> alive;
   for (const auto& a : live)
     alive.insert(a.str());
+  std::vector<std::string> owners;
+  for (const auto& a : active)
+    owners.push_back(a.str());
+  std::sort(owners.begin(), owners.end());
   std::lock_guard lock(mutex_);
   if (version == version_) return false;
+  // The next version with the same owners and holders (a suspicion vote, say): nothing moved, and no
+  // version was skipped in which something could have, so the partition stays complete without waiting
+  // for re-registrations (a silo that cannot read the table meanwhile does not stall registrations).
+  const bool unchanged =
+      version == version_ + 1 && owners == owners_ && alive == live_ && !recovering_locked();
   version_ = version;
   ring_ = std::move(ring);
+  owners_ = std::move(owners);
   live_ = std::move(alive);
   std::erase_if(reported_, [version](const auto& r) { return r.second < version; });
+  if (unchanged) {
+    for (const auto& s : live_)
+      reported_.emplace(s, version);
+  }
   // An entry is kept only while this silo owns its id and its holder is live: a range that comes back
   // later (a silo left and returned) must be rebuilt from re-registrations, never from what it held then.
   std::erase_if(partition_, [this](const auto& e) {

@@ -45,8 +45,9 @@ class Directory {
 
   /// A new membership view: `active` silos own ring ranges; `live` ones (active or shutting down) may hold
   /// activations. Forgets entries of ids this silo no longer owns and of silos no longer live, and starts
-  /// recovery: new registrations wait until every live silo re-registered under `version`. Returns false
-  /// (and changes nothing) when `version` is the current one.
+  /// recovery: new registrations wait until every live silo re-registered under `version` (unless it is
+  /// the next version and neither set changed). Returns false (and changes nothing) when `version` is the
+  /// current one.
   bool update(std::int64_t version, const std::vector<SiloAddress>& active,
               const std::vector<SiloAddress>& live);
   std::int64_t version() const;
@@ -88,9 +89,10 @@ class Directory {
   SiloAddress self_;
   mutable std::mutex mutex_;
   std::int64_t version_ = 0;
-  std::vector<std::pair<std::uint64_t, SiloAddress>> ring_;   // sorted by hash
-  std::unordered_set<std::string> live_;                      // SiloAddress::str() of the live silos
-  std::set<std::pair<std::string, std::int64_t>> reported_;   // (silo, view) re-registrations received
+  std::vector<std::pair<std::uint64_t, SiloAddress>> ring_;  // sorted by hash
+  std::vector<std::string> owners_;                          // SiloAddress::str() of the active silos, sorted
+  std::unordered_set<std::string> live_;                     // SiloAddress::str() of the live silos
+  std::set<std::pair<std::string, std::int64_t>> reported_;  // (silo, view) re-registrations received
   std::unordered_map<std::string, ActivationRef> partition_;  // grain id -> activation
   std::unordered_map<std::string, SiloAddress> cache_;
 };

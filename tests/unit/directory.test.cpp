@@ -123,3 +123,17 @@ TEST_CASE("the same view version twice changes nothing", "[directory]") {
   CHECK(a.clustered());
   CHECK(a.version() == 4);
 }
+
+TEST_CASE("the next version with the same silos needs no recovery; a skipped version does", "[directory]") {
+  Directory a(A);
+  view(a, 1, {A, B}, {A, B});
+  REQUIRE(a.update(2, {A, B}, {A, B}));  // a suspicion vote: nothing moved
+  CHECK_FALSE(a.recovering());
+  REQUIRE(a.update(4, {A, B}, {A, B}));  // version 3 unseen: a silo may have come and gone in it
+  CHECK(a.recovering());
+  a.recovered(A.str(), 4);
+  a.recovered(B.str(), 4);
+  CHECK_FALSE(a.recovering());
+  REQUIRE(a.update(5, {A, B}, {A, B, C}));  // C live now: it may hold grains
+  CHECK(a.recovering());
+}
