@@ -55,7 +55,17 @@ std::string grain_id(const runtime::GrainClass& cls, const std::string& key) {
 
 ClusterRouter::ClusterRouter(const config::Config& cfg, runtime::Runtime& rt, messaging::Messenger& messenger,
                              SiloAddress self)
-    : cfg_(cfg), rt_(rt), messenger_(messenger), self_(self), directory_(std::move(self)) {}
+    : cfg_(cfg),
+      rt_(rt),
+      messenger_(messenger),
+      self_(self),
+      directory_(self),
+      locator_(directory_, messenger_, self, [this](const std::string& type, const std::string& key) {
+        SiloAddress target;
+        const runtime::GrainClass* cls = rt_.find_class(type);
+        if (!cls || !place(*cls, key, false, target)) target = self_;
+        return target;
+      }) {}
 
 ClusterRouter::~ClusterRouter() = default;
 
@@ -259,41 +269,14 @@ bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key
 }
 
 void ClusterRouter::route(runtime::Shard& from, RequestPtr request) {
-  const std::string id = grain_id(*request->cls, request->key);
-  if (auto cached = directory_.cached(id)) return send_to(from, std::move(request), *cached);
-  const SiloAddress owner = directory_.owner(id);
-  if (owner.empty() || owner == self_) {
-    const ActivationRef holder = directory_.lookup_local(id);
-    SiloAddress target;
-    if (!holder.empty() && parse_silo_address(holder.silo, target)) {
-      directory_.cache(id, target);
-    } else {
-      if (!place(*request->cls, request->key, false, target)) target = self_;
-      // Remember the decision at once: concurrent first calls must follow it rather than place the grain
-      // again (the nearest silo would win every such race). Forwarding corrects it if another silo won.
-      directory_.cache(id, target);
-    }
-    return send_to(from, std::move(request), target);
-  }
-  in::DirectoryRequest lookup;
-  lookup.set_op(in::DirectoryRequest::LOOKUP);
-  lookup.add_grain_ids(id);
+  const std::string type(request->cls->name());
+  if (auto target = locator_.locate_now(type, request->key))
+    return send_to(from, std::move(request), *target);
+  const std::string key = request->key;
   auto held = std::make_shared<RequestPtr>(std::move(request));
-  messenger_.directory(owner, std::move(lookup), directory_timeout,
-                       [this, &from, held, id](bool ok, in::DirectoryReply reply) {
-                         asio::post(from.io(), [this, &from, held, id, ok, reply = std::move(reply)] {
-                           SiloAddress target;
-                           if (ok && reply.silos_size() > 0 && parse_silo_address(reply.silos(0), target)) {
-                             directory_.cache(id, target);
-                           } else if (auto decided = directory_.cached(id)) {
-                             target = *decided;  // a concurrent call placed it meanwhile
-                           } else {
-                             if (!place(*(*held)->cls, (*held)->key, false, target)) target = self_;
-                             directory_.cache(id, target);
-                           }
-                           send_to(from, std::move(*held), target);
-                         });
-                       });
+  locator_.locate_remote(type, key, from.io(), [this, &from, held](SiloAddress target) {
+    send_to(from, std::move(*held), target);
+  });
 }
 
 void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const SiloAddress& target) {

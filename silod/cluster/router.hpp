@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cluster/directory.hpp"
+#include "cluster/grain_locator.hpp"
 #include "cluster/membership_table.hpp"
 #include "config/config.hpp"
 #include "messaging/messenger.hpp"
@@ -75,6 +76,7 @@ class ClusterRouter final : public runtime::Router {
   messaging::Messenger& messenger_;
   SiloAddress self_;
   Directory directory_;
+  GrainLocator locator_;               // after directory_: it refers to it
   std::mutex mutex_;                   // guards the view below
   std::vector<Candidate> candidates_;  // active silos, for placement
   std::vector<std::string> ring_members_;
