@@ -9,26 +9,15 @@ constexpr int virtual_nodes = 30;
 constexpr std::size_t max_cache = 1'000'000;  // beyond this the cache starts over (cheap and bounded)
 }  // namespace
 
-std::uint64_t stable_hash(std::string_view s) noexcept {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  // FNV alone clusters similar strings; a final mix spreads them over the ring.
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  return h;
-}
-
 Directory::Directory(SiloAddress self) : self_(std::move(self)) {
   ring_.emplace_back(stable_hash(self_.str()), self_);
-  active_.insert(self_.str());
-  active_count_ = 1;
+  owners_.push_back(self_.str());
+  live_.insert(self_.str());
+  reported_.emplace(self_.str(), version_);
 }
 
-void Directory::update(const std::vector<SiloAddress>& active) {
+bool Directory::update(std::int64_t version, const std::vector<SiloAddress>& active,
+                       const std::vector<SiloAddress>& live) {
   std::vector<std::pair<std::uint64_t, SiloAddress>> ring;
   for (const auto& a : active) {
     for (int i = 0; i < virtual_nodes; ++i)
@@ -36,20 +25,50 @@ void Directory::update(const std::vector<SiloAddress>& active) {
   }
   std::sort(ring.begin(), ring.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   std::unordered_set<std::string> alive;
-  for (const auto& a : active)
+  for (const auto& a : live)
     alive.insert(a.str());
+  std::vector<std::string> owners;
+  for (const auto& a : active)
+    owners.push_back(a.str());
+  std::sort(owners.begin(), owners.end());
   std::lock_guard lock(mutex_);
+  if (version == version_) return false;
+  // The next version with the same owners and holders (a suspicion vote, say): nothing moved, and no
+  // version was skipped in which something could have, so the partition stays complete without waiting
+  // for re-registrations (a silo that cannot read the table meanwhile does not stall registrations).
+  const bool unchanged =
+      version == version_ + 1 && owners == owners_ && alive == live_ && !recovering_locked();
+  version_ = version;
   ring_ = std::move(ring);
-  active_ = std::move(alive);
-  active_count_ = active.size();
-  std::erase_if(partition_, [this](const auto& e) { return !active_.count(e.second); });
-  std::erase_if(cache_, [this](const auto& e) { return !active_.count(e.second.str()); });
+  owners_ = std::move(owners);
+  live_ = std::move(alive);
+  std::erase_if(reported_, [version](const auto& r) { return r.second < version; });
+  if (unchanged) {
+    for (const auto& s : live_)
+      reported_.emplace(s, version);
+  }
+  // An entry is kept only while this silo owns its id and its holder is live: a range that comes back
+  // later (a silo left and returned) must be rebuilt from re-registrations, never from what it held then.
+  std::erase_if(partition_, [this](const auto& e) {
+    return !live_.count(e.second.silo) || !(owner_locked(e.first) == self_);
+  });
+  std::erase_if(cache_, [this](const auto& e) { return !live_.count(e.second.str()); });
+  return true;
+}
+
+std::int64_t Directory::version() const {
+  std::lock_guard lock(mutex_);
+  return version_;
 }
 
 SiloAddress Directory::owner(std::string_view grain_id) const {
-  const std::uint64_t h = stable_hash(grain_id);
   std::lock_guard lock(mutex_);
+  return owner_locked(grain_id);
+}
+
+SiloAddress Directory::owner_locked(std::string_view grain_id) const {
   if (ring_.empty()) return {};
+  const std::uint64_t h = stable_hash(grain_id);
   auto it = std::lower_bound(ring_.begin(), ring_.end(), h,
                              [](const auto& e, std::uint64_t v) { return e.first < v; });
   if (it == ring_.end()) it = ring_.begin();
@@ -58,49 +77,90 @@ SiloAddress Directory::owner(std::string_view grain_id) const {
 
 bool Directory::clustered() const {
   std::lock_guard lock(mutex_);
-  return active_count_ > 1;
+  return live_.size() > 1;
 }
 
-std::string Directory::register_local(const std::string& grain_id, const std::string& silo) {
+bool Directory::recovering_locked() const {
+  for (const auto& s : live_)
+    if (!reported_.count({s, version_})) return true;
+  return false;
+}
+
+bool Directory::recovering() const {
   std::lock_guard lock(mutex_);
-  auto [it, inserted] = partition_.try_emplace(grain_id, silo);
-  // A holder that is no longer active (dead, or shutting down and deactivating everything) gives way: the
-  // grain must move rather than be forwarded back to a silo that only places it elsewhere again.
-  if (!inserted && it->second != silo && !active_.count(it->second)) it->second = silo;
-  return it->second;
+  return recovering_locked();
 }
 
-std::string Directory::lookup_local(const std::string& grain_id) const {
+void Directory::recovered(const std::string& silo, std::int64_t view) {
+  std::lock_guard lock(mutex_);
+  if (view >= version_) reported_.emplace(silo, view);  // early reports count once this silo gets there
+}
+
+Directory::Registered Directory::register_local(const std::string& grain_id, const ActivationRef& who,
+                                                std::int64_t view, bool recovery) {
+  std::lock_guard lock(mutex_);
+  if (view != version_ || !(owner_locked(grain_id) == self_)) return {Result::stale_view, {}};
+  // Until every live silo re-registered, an id missing here may still be held somewhere.
+  if (!recovery && recovering_locked()) return {Result::recovering, {}};
+  auto [it, inserted] = partition_.try_emplace(grain_id, who);
+  // Same silo: its previous activation is gone (one per id per silo). A holder that is not live any more
+  // was declared dead (or left) in this view and serves nothing: the id is free.
+  if (!inserted && (it->second.silo == who.silo || !live_.count(it->second.silo))) it->second = who;
+  return {Result::ok, it->second};
+}
+
+ActivationRef Directory::lookup_local(const std::string& grain_id) const {
   std::lock_guard lock(mutex_);
   auto it = partition_.find(grain_id);
-  return it == partition_.end() || !active_.count(it->second) ? std::string() : it->second;
+  return it == partition_.end() || !live_.count(it->second.silo) ? ActivationRef{} : it->second;
 }
 
-void Directory::unregister_local(const std::string& grain_id, const std::string& silo) {
+void Directory::unregister_local(const std::string& grain_id, const ActivationRef& who) {
   std::lock_guard lock(mutex_);
   auto it = partition_.find(grain_id);
-  if (it != partition_.end() && it->second == silo) partition_.erase(it);
+  if (it != partition_.end() && it->second == who) partition_.erase(it);
 }
 
 internal::DirectoryReply Directory::handle(const internal::DirectoryRequest& request) {
   internal::DirectoryReply reply;
+  reply.set_view(version());
+  const bool registering = request.op() == internal::DirectoryRequest::REGISTER;
+  if (registering && request.view() != reply.view()) {
+    reply.set_status(internal::DirectoryReply::STALE_VIEW);
+    return reply;
+  }
   for (int i = 0; i < request.grain_ids_size(); ++i) {
     const std::string& id = request.grain_ids(i);
+    const ActivationRef who{i < request.silos_size() ? request.silos(i) : request.from(),
+                            i < request.activations_size() ? request.activations(i) : 0};
+    ActivationRef out;
     switch (request.op()) {
       case internal::DirectoryRequest::LOOKUP:
-        reply.add_silos(lookup_local(id));
+        out = lookup_local(id);
         break;
-      case internal::DirectoryRequest::REGISTER:
-        reply.add_silos(register_local(id, i < request.silos_size() ? request.silos(i) : request.from()));
+      case internal::DirectoryRequest::REGISTER: {
+        const Registered r = register_local(id, who, request.view(), request.recovery());
+        if (r.result != Result::ok) {
+          // One answer for the batch: the sender retries all of it under the next view.
+          internal::DirectoryReply refused;
+          refused.set_view(reply.view());
+          refused.set_status(r.result == Result::recovering ? internal::DirectoryReply::RECOVERING
+                                                            : internal::DirectoryReply::STALE_VIEW);
+          return refused;
+        }
+        out = r.holder;
         break;
+      }
       case internal::DirectoryRequest::UNREGISTER:
-        unregister_local(id, i < request.silos_size() ? request.silos(i) : request.from());
-        reply.add_silos("");
+        unregister_local(id, who);
         break;
       default:
-        reply.add_silos("");
+        break;
     }
+    reply.add_silos(out.silo);
+    reply.add_activations(out.activation);
   }
+  if (registering && request.recovery()) recovered(request.from(), request.view());
   return reply;
 }
 
@@ -113,7 +173,7 @@ std::optional<SiloAddress> Directory::cached(const std::string& grain_id) const 
 
 void Directory::cache(const std::string& grain_id, const SiloAddress& silo) {
   std::lock_guard lock(mutex_);
-  if (!active_.count(silo.str())) return;
+  if (!live_.count(silo.str())) return;
   if (cache_.size() >= max_cache) cache_.clear();
   cache_[grain_id] = silo;
 }
@@ -123,9 +183,9 @@ void Directory::uncache(const std::string& grain_id) {
   cache_.erase(grain_id);
 }
 
-bool Directory::is_active(const std::string& silo) const {
+bool Directory::is_live(const std::string& silo) const {
   std::lock_guard lock(mutex_);
-  return active_.count(silo) > 0;
+  return live_.count(silo) > 0;
 }
 
 std::size_t Directory::partition_size() const {

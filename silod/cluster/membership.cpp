@@ -28,7 +28,10 @@ std::string host_name() {
 std::vector<const MembershipRow*> ring_of(const MembershipSnapshot& snap, const SiloAddress& self) {
   std::vector<const MembershipRow*> ring;
   for (const auto& row : snap.rows)
-    if (row.status == SiloStatus::active || row.address == self) ring.push_back(&row);
+    // Shutting-down silos too: one that dies while draining must still be declared dead (the directory
+    // keeps its grains, and waits for its re-registrations, while it is not).
+    if (row.status == SiloStatus::active || row.status == SiloStatus::shutting_down || row.address == self)
+      ring.push_back(&row);
   std::sort(ring.begin(), ring.end(), [](const auto* a, const auto* b) {
     return stable_hash(a->address.str()) < stable_hash(b->address.str());
   });
@@ -59,8 +62,11 @@ std::vector<std::string> MembershipAgent::probers_of(const MembershipSnapshot& v
   const std::size_t at = static_cast<std::size_t>(me - ring.begin());
   // probe_tick: each silo probes its next min(probed_silos, n - 1) successors, so these predecessors.
   std::vector<std::string> out;
-  for (std::size_t i = 1; i <= std::min<std::size_t>(probed_silos, n - 1); ++i)
-    out.push_back(ring[(at + n - i) % n]->address.str());
+  // Only active probers vote (a draining one never does), so only their silence can precede our death.
+  for (std::size_t i = 1; i <= std::min<std::size_t>(probed_silos, n - 1); ++i) {
+    const MembershipRow* prober = ring[(at + n - i) % n];
+    if (prober->status == SiloStatus::active) out.push_back(prober->address.str());
+  }
   return out;
 }
 

@@ -5,9 +5,12 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <silo/asio.hpp>
 
-#include "runtime/reminders.hpp"
+#include "messaging/envelope_codec.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
 
@@ -25,7 +28,7 @@ namespace {
 constexpr std::uint32_t max_hops = 3;
 constexpr auto directory_timeout = std::chrono::seconds(2);
 
-thread_local std::mt19937_64 rng{std::random_device{}()};
+thread_local placement::Rng rng{std::random_device{}()};
 
 // The reply to a request from another silo goes back on the stream it came on.
 class EnvelopeSink final : public runtime::ReplySink {
@@ -33,21 +36,7 @@ class EnvelopeSink final : public runtime::ReplySink {
   EnvelopeSink(std::shared_ptr<messaging::ResponseSink> sink, std::string self)
       : sink_(std::move(sink)), self_(std::move(self)) {}
   void reply(const Request& request, Reply reply) override {
-    in::Envelope env;
-    env.set_id(request.call_id);
-    env.set_kind(in::Envelope::RESPONSE);
-    env.set_code(static_cast<int>(reply.code));
-    if (reply.code != StatusCode::ok) {
-      env.set_error(std::move(reply.error));
-    } else if (reply.response) {
-      reply.response->SerializeToString(env.mutable_payload());
-    } else {
-      env.set_payload(std::move(reply.response_bytes));
-    }
-    env.set_location(reply.location.empty() ? self_ : reply.location);
-    env.set_grain_type(request.cls->name());
-    env.set_grain_key(request.key);
-    sink_->send(std::move(env));
+    sink_->send(messaging::encode_reply(request, std::move(reply), self_));
   }
 
  private:
@@ -66,7 +55,17 @@ std::string grain_id(const runtime::GrainClass& cls, const std::string& key) {
 
 ClusterRouter::ClusterRouter(const config::Config& cfg, runtime::Runtime& rt, messaging::Messenger& messenger,
                              SiloAddress self)
-    : cfg_(cfg), rt_(rt), messenger_(messenger), self_(self), directory_(std::move(self)) {}
+    : cfg_(cfg),
+      rt_(rt),
+      messenger_(messenger),
+      self_(self),
+      directory_(self),
+      locator_(directory_, messenger_, self, [this](const std::string& type, const std::string& key) {
+        SiloAddress target;
+        const runtime::GrainClass* cls = rt_.find_class(type);
+        if (!cls || !place(*cls, key, false, target)) target = self_;
+        return target;
+      }) {}
 
 ClusterRouter::~ClusterRouter() = default;
 
@@ -83,22 +82,23 @@ messaging::Handlers ClusterRouter::handlers() {
 
 void ClusterRouter::on_view(const MembershipSnapshot& view) {
   std::vector<SiloAddress> active;
+  std::vector<SiloAddress> live;  // may hold activations: active, or shutting down and draining them
   std::vector<Candidate> candidates;
   for (const auto& row : view.rows) {
+    if (row.status == SiloStatus::shutting_down) live.push_back(row.address);
     if (row.status != SiloStatus::active) continue;
     active.push_back(row.address);
+    live.push_back(row.address);
     candidates.push_back(Candidate{row.address, row.grain_types, row.activations});
   }
   std::vector<std::string> members;
   for (const auto& a : active)
     members.push_back(a.str());
   std::sort(members.begin(), members.end());
-  bool ring_changed = false;
   std::vector<std::pair<SiloAddress, bool>> newly_dead;  // (silo, left gracefully)
   {
     std::lock_guard lock(mutex_);
     candidates_ = std::move(candidates);
-    ring_changed = members != ring_members_;
     ring_members_ = members;
     std::unordered_map<std::string, SiloStatus> statuses;
     for (const auto& row : view.rows) {
@@ -115,7 +115,8 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
     }
     last_status_ = std::move(statuses);
   }
-  directory_.update(active);
+  // Every silo sees every view (loads change with each heartbeat); the directory acts on new versions.
+  const bool changed = directory_.update(view.version, active, live);
   for (const auto& [silo, graceful] : newly_dead) {
     // A silo that left gracefully still answers what it was asked: drain, don't cancel.
     if (graceful)
@@ -123,32 +124,91 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
     else
       messenger_.peer_dead(silo);
   }
-  if (ring_changed && active.size() > 1) reregister(active);
+  if (changed) reregister(view.version, active);
 }
 
-void ClusterRouter::reregister(const std::vector<SiloAddress>& active) {
-  // Ranges moved: tell each activation's (possibly new) directory owner that it lives here.
-  std::unordered_map<std::string, in::DirectoryRequest> by_owner;
-  std::unordered_map<std::string, SiloAddress> owners;
+ActivationRef ClusterRouter::identity(const std::string& id, bool fresh) {
+  std::lock_guard lock(ids_mutex_);
+  auto [it, inserted] = local_ids_.try_emplace(id, 0);
+  if (inserted || fresh) it->second = next_activation_++;
+  return ActivationRef{self_.str(), it->second};
+}
+
+void ClusterRouter::forget(const std::string& id, std::uint64_t activation) {
+  std::lock_guard lock(ids_mutex_);
+  auto it = local_ids_.find(id);
+  if (it != local_ids_.end() && it->second == activation) local_ids_.erase(it);
+}
+
+void ClusterRouter::reregister(std::int64_t version, const std::vector<SiloAddress>& active) {
+  // A new view: every owner forgot what it no longer owns and waits until each live silo has told it which
+  // of its ids live here (possibly none), so each owner gets one batch, empty or not.
+  using Grains = std::vector<std::pair<const runtime::GrainClass*, std::string>>;
+  std::unordered_map<std::string, std::shared_ptr<in::DirectoryRequest>> by_owner;
+  std::unordered_map<std::string, std::shared_ptr<Grains>> grains_by_owner;
+  for (const auto& a : active) {
+    if (a == self_) continue;
+    auto req = std::make_shared<in::DirectoryRequest>();
+    req->set_op(in::DirectoryRequest::REGISTER);
+    req->set_view(version);
+    req->set_recovery(true);
+    req->set_from(self_.str());
+    by_owner[a.str()] = req;
+    grains_by_owner[a.str()] = std::make_shared<Grains>();
+  }
   for (const auto& [cls, key] : rt_.local_activations()) {
     const std::string id = grain_id(*cls, key);
     const SiloAddress owner = directory_.owner(id);
     if (owner.empty()) continue;
+    const ActivationRef me = identity(id, false);
     if (owner == self_) {
-      directory_.register_local(id, self_.str());
+      const auto r = directory_.register_local(id, me, version, true);
+      if (r.result == Directory::Result::ok && !(r.holder == me)) lose(*cls, key, r.holder.silo);
       continue;
     }
-    auto& req = by_owner[owner.str()];
-    owners[owner.str()] = owner;
-    req.set_op(in::DirectoryRequest::REGISTER);
-    req.add_grain_ids(id);
-    req.add_silos(self_.str());
+    auto it = by_owner.find(owner.str());
+    if (it == by_owner.end()) continue;
+    it->second->add_grain_ids(id);
+    it->second->add_silos(me.silo);
+    it->second->add_activations(me.activation);
+    grains_by_owner[owner.str()]->emplace_back(cls, key);
   }
-  for (auto& [owner, req] : by_owner) {
-    spdlog::info("directory: re-registering {} activations with silo {}", req.grain_ids_size(), owner);
-    messenger_.directory(owners[owner], std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
+  directory_.recovered(self_.str(), version);
+  for (const auto& a : active) {
+    if (a == self_) continue;
+    if (by_owner[a.str()]->grain_ids_size() > 0) {
+      spdlog::info("directory: re-registering {} activations with silo {} (view {})",
+                   by_owner[a.str()]->grain_ids_size(), a.str(), version);
+    }
+    send_recovery(a, by_owner[a.str()], grains_by_owner[a.str()]);
   }
-  (void)active;
+}
+
+void ClusterRouter::send_recovery(
+    SiloAddress owner, std::shared_ptr<in::DirectoryRequest> request,
+    std::shared_ptr<std::vector<std::pair<const runtime::GrainClass*, std::string>>> grains) {
+  if (directory_.version() != request->view()) return;  // a newer view re-registers everything again
+  messenger_.directory(
+      owner, *request, directory_timeout, [this, owner, request, grains](bool ok, in::DirectoryReply r) {
+        if (ok && r.status() == in::DirectoryReply::OK) {
+          for (int i = 0; i < r.silos_size() && i < static_cast<int>(grains->size()); ++i) {
+            if (r.silos(i) != self_.str()) lose(*(*grains)[i].first, (*grains)[i].second, r.silos(i));
+          }
+          return;
+        }
+        // The owner is behind (or ahead) of our view, or unreachable: it cannot serve new registrations until
+        // it has this batch, so keep trying while this view lasts.
+        auto timer = std::make_shared<asio::steady_timer>(rt_.shard(0).io(), std::chrono::milliseconds(50));
+        timer->async_wait([this, timer, owner, request, grains](boost::system::error_code ec) {
+          if (!ec) send_recovery(owner, request, grains);
+        });
+      });
+}
+
+void ClusterRouter::lose(const runtime::GrainClass& cls, const std::string& key, const std::string& holder) {
+  spdlog::warn("directory: {}/{} is held by silo {}; deactivating the copy here", cls.name(), key, holder);
+  runtime::Shard& shard = rt_.shard_for(cls, key);
+  asio::post(shard.io(), [&shard, &cls, key] { shard.lose(cls, key); });
 }
 
 bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key, bool exclude_self,
@@ -182,78 +242,41 @@ bool ClusterRouter::place(const runtime::GrainClass& cls, const std::string& key
       }
     }
   }
+  std::vector<placement::Site> sites;
+  sites.reserve(fit.size());
+  for (const auto* c : fit)
+    sites.push_back(placement::Site{c->address.str(), c->activations, c->address == self_});
   switch (cls.placement) {
     case Placement::prefer_local:
       if (!exclude_self) {
-        for (const auto* c : fit)
-          if (c->address == self_) return (out = self_), true;
+        if (auto i = placement::prefer_local(sites)) return (out = fit[*i]->address), true;
       }
       break;
-    case Placement::hash: {
-      // Rendezvous hashing: stable for a key while the set of silos is, and spreads keys evenly.
-      const std::string id = grain_id(cls, key);
-      const Candidate* best = nullptr;
-      std::uint64_t best_score = 0;
-      for (const auto* c : fit) {
-        const std::uint64_t score = stable_hash(id + "@" + c->address.str());
-        if (!best || score > best_score) best = c, best_score = score;
-      }
-      out = best->address;
+    case Placement::hash:
+      out = fit[placement::hash(grain_id(cls, key), sites)]->address;
       return true;
-    }
-    case Placement::activation_count: {
-      // Power of two choices over the load each silo publishes with its heartbeat.
-      const auto* a = fit[rng() % fit.size()];
-      const auto* b = fit[rng() % fit.size()];
-      out = (a->activations <= b->activations ? a : b)->address;
+    case Placement::activation_count:
+      out = fit[placement::activation_count(sites, rng)]->address;
       return true;
-    }
     case Placement::stateless_worker:
       out = self_;
       return true;
     default:
       break;
   }
-  out = fit[rng() % fit.size()]->address;
+  out = fit[placement::random(sites, rng)]->address;
   return true;
 }
 
 void ClusterRouter::route(runtime::Shard& from, RequestPtr request) {
-  const std::string id = grain_id(*request->cls, request->key);
-  if (auto cached = directory_.cached(id)) return send_to(from, std::move(request), *cached);
-  const SiloAddress owner = directory_.owner(id);
-  if (owner.empty() || owner == self_) {
-    const std::string holder = directory_.lookup_local(id);
-    SiloAddress target;
-    if (!holder.empty() && parse_silo_address(holder, target)) {
-      directory_.cache(id, target);
-    } else {
-      if (!place(*request->cls, request->key, false, target)) target = self_;
-      // Remember the decision at once: concurrent first calls must follow it rather than place the grain
-      // again (the nearest silo would win every such race). Forwarding corrects it if another silo won.
-      directory_.cache(id, target);
-    }
-    return send_to(from, std::move(request), target);
-  }
-  in::DirectoryRequest lookup;
-  lookup.set_op(in::DirectoryRequest::LOOKUP);
-  lookup.add_grain_ids(id);
+  const std::string type(request->cls->name());
+  if (auto target = locator_.locate_now(type, request->key))
+    return send_to(from, std::move(request), *target);
+  const std::string key = request->key;
   auto held = std::make_shared<RequestPtr>(std::move(request));
-  messenger_.directory(owner, std::move(lookup), directory_timeout,
-                       [this, &from, held, id](bool ok, in::DirectoryReply reply) {
-                         asio::post(from.io(), [this, &from, held, id, ok, reply = std::move(reply)] {
-                           SiloAddress target;
-                           if (ok && reply.silos_size() > 0 && parse_silo_address(reply.silos(0), target)) {
-                             directory_.cache(id, target);
-                           } else if (auto decided = directory_.cached(id)) {
-                             target = *decided;  // a concurrent call placed it meanwhile
-                           } else {
-                             if (!place(*(*held)->cls, (*held)->key, false, target)) target = self_;
-                             directory_.cache(id, target);
-                           }
-                           send_to(from, std::move(*held), target);
-                         });
-                       });
+  locator_.locate_remote(type, key, from.io(), [this, &from, held](SiloAddress target) {
+    send_to(from, std::move(*held), target);
+  });
 }
 
 void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const SiloAddress& target) {
@@ -263,28 +286,7 @@ void ClusterRouter::send_to(runtime::Shard& from, RequestPtr request, const Silo
     return;
   }
   if (request->sink) return relay(from, std::move(request), target);
-  in::Envelope env;
-  env.set_id(request->call_id);
-  env.set_kind(request->call_id == 0 ? in::Envelope::ONE_WAY : in::Envelope::REQUEST);
-  env.set_grain_type(request->cls->name());
-  env.set_grain_key(request->key);
-  // Reminder ticks travel as a pseudo-method no proto can declare ('#' is not an identifier character).
-  env.set_method(request->kind == Request::Kind::reminder_tick ? "#reminder" : request->method->name);
-  if (request->arg)
-    request->arg->SerializeToString(env.mutable_payload());
-  else
-    env.set_payload(std::move(request->arg_bytes));
-  if (request->deadline != Clock::time_point::max()) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(request->deadline - Clock::now());
-    env.set_timeout_ms(static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count())));
-  }
-  for (const auto& link : request->chain) {
-    auto* l = env.add_chain();
-    l->set_grain_type(link.cls->name());
-    l->set_grain_key(link.key);
-  }
-  env.set_hops(request->hops);
-  messenger_.send(target, std::move(env));
+  messenger_.send(target, messaging::encode_request(*request));
 }
 
 void ClusterRouter::relay(runtime::Shard& from, RequestPtr original, const SiloAddress& target) {
@@ -337,83 +339,147 @@ bool ClusterRouter::place_elsewhere(runtime::Shard& from, RequestPtr& request) {
 }
 
 void ClusterRouter::register_activation(runtime::Shard& shard, const runtime::GrainClass& cls,
-                                        const std::string& key, std::function<void(std::string)> done) {
+                                        const std::string& key, runtime::Clock::time_point deadline,
+                                        std::function<void(Registration)> done) {
   const std::string id = grain_id(cls, key);
-  const SiloAddress owner = directory_.owner(id);
-  if (owner.empty() || owner == self_) {
-    std::string holder = directory_.register_local(id, self_.str());
-    if (holder == self_.str()) holder.clear();
-    asio::post(shard.io(), [done = std::move(done), holder = std::move(holder)] { done(holder); });
-    return;
+  asio::co_spawn(shard.io(), register_loop(shard, id, identity(id, true), deadline, std::move(done)),
+                 [](std::exception_ptr e) {
+                   if (e) spdlog::error("directory: registering an activation failed unexpectedly");
+                 });
+}
+
+// Asks the owner under the current view until one confirms under a view that is still current: an owner
+// that is unreachable, behind or ahead, or still recovering its ranges is asked again after a pause (a new
+// view is on its way), never bypassed.
+Task<void> ClusterRouter::register_loop(runtime::Shard& shard, std::string id, ActivationRef me,
+                                        runtime::Clock::time_point deadline,
+                                        std::function<void(Registration)> done) {
+  constexpr auto pause = std::chrono::milliseconds(50);
+  asio::steady_timer timer(shard.io());
+  for (;;) {
+    const std::int64_t view = directory_.version();
+    const SiloAddress owner = directory_.owner(id);
+    std::optional<ActivationRef> holder;
+    if (owner.empty()) {
+      holder = me;  // no active silo: nothing to agree with
+    } else if (owner == self_) {
+      const auto r = directory_.register_local(id, me, view, false);
+      if (r.result == Directory::Result::ok) holder = r.holder;
+    } else {
+      in::DirectoryRequest req;
+      req.set_op(in::DirectoryRequest::REGISTER);
+      req.set_view(view);
+      req.set_from(self_.str());
+      req.add_grain_ids(id);
+      req.add_silos(me.silo);
+      req.add_activations(me.activation);
+      const auto left = deadline - runtime::Clock::now();
+      if (left > runtime::Clock::duration::zero()) {
+        auto reply = co_await ask(shard, owner, std::move(req),
+                                  std::min<runtime::Clock::duration>(left, directory_timeout));
+        if (reply && reply->status() == in::DirectoryReply::OK && reply->silos_size() > 0)
+          holder = ActivationRef{reply->silos(0), reply->activations_size() ? reply->activations(0) : 0};
+      }
+    }
+    if (holder && directory_.version() == view) {
+      Registration reg;
+      if (*holder == me) {
+        reg.outcome = Registration::Outcome::registered;
+      } else {
+        forget(id, me.activation);
+        reg.outcome = Registration::Outcome::elsewhere;
+        reg.holder = holder->silo;
+      }
+      done(std::move(reg));
+      co_return;
+    }
+    if (runtime::Clock::now() + pause >= deadline) {
+      spdlog::warn("directory: no owner confirmed {} before its deadline (view {}); the calls fail unrun", id,
+                   view);
+      forget(id, me.activation);
+      // It may have been registered meanwhile (a re-registration batch listed it): take that back.
+      if (!owner.empty()) {
+        in::DirectoryRequest req;
+        req.set_op(in::DirectoryRequest::UNREGISTER);
+        req.add_grain_ids(id);
+        req.add_silos(me.silo);
+        req.add_activations(me.activation);
+        if (owner == self_)
+          directory_.unregister_local(id, me);
+        else
+          messenger_.directory(owner, std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
+      }
+      done(Registration{Registration::Outcome::unavailable, {}});
+      co_return;
+    }
+    timer.expires_after(pause);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-  in::DirectoryRequest req;
-  req.set_op(in::DirectoryRequest::REGISTER);
-  req.add_grain_ids(id);
-  req.add_silos(self_.str());
-  messenger_.directory(owner, std::move(req), directory_timeout,
-                       [this, &shard, done = std::move(done), id](bool ok, in::DirectoryReply reply) {
-                         std::string holder;
-                         if (ok && reply.silos_size() > 0 && reply.silos(0) != self_.str())
-                           holder = reply.silos(0);
-                         // Owner unreachable: activate here anyway; should a duplicate exist meanwhile, etag
-                         // checks on state writes deactivate the loser.
-                         if (!ok) spdlog::debug("directory: owner of {} unreachable; activating locally", id);
-                         asio::post(shard.io(), [done, holder] { done(holder); });
-                       });
+}
+
+Task<std::optional<in::DirectoryReply>> ClusterRouter::ask(runtime::Shard& shard, SiloAddress owner,
+                                                           in::DirectoryRequest request,
+                                                           runtime::Clock::duration timeout) {
+  return asio::async_initiate<decltype(asio::use_awaitable), void(std::optional<in::DirectoryReply>)>(
+      [this, &shard, owner = std::move(owner), request = std::move(request), timeout](auto handler) mutable {
+        auto h = std::make_shared<decltype(handler)>(std::move(handler));
+        messenger_.directory(
+            owner, std::move(request), std::chrono::duration_cast<std::chrono::milliseconds>(timeout),
+            [&shard, h](bool ok, in::DirectoryReply reply) {
+              std::optional<in::DirectoryReply> out;
+              if (ok) out = std::move(reply);
+              asio::post(shard.io(), [h, out = std::move(out)]() mutable { std::move (*h)(std::move(out)); });
+            });
+      },
+      asio::use_awaitable);
 }
 
 void ClusterRouter::unregister_activation(const runtime::GrainClass& cls, const std::string& key) {
   const std::string id = grain_id(cls, key);
   directory_.uncache(id);
+  std::uint64_t activation = 0;
+  {
+    std::lock_guard lock(ids_mutex_);
+    auto it = local_ids_.find(id);
+    if (it == local_ids_.end()) return;
+    activation = it->second;
+    local_ids_.erase(it);
+  }
+  const ActivationRef me{self_.str(), activation};
   const SiloAddress owner = directory_.owner(id);
-  if (owner.empty() || owner == self_) return directory_.unregister_local(id, self_.str());
+  if (owner.empty() || owner == self_) return directory_.unregister_local(id, me);
   in::DirectoryRequest req;
   req.set_op(in::DirectoryRequest::UNREGISTER);
+  req.set_view(directory_.version());
+  req.set_from(self_.str());
   req.add_grain_ids(id);
-  req.add_silos(self_.str());
+  req.add_silos(me.silo);
+  req.add_activations(me.activation);
   messenger_.directory(owner, std::move(req), directory_timeout, [](bool, in::DirectoryReply) {});
 }
 
 void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::ResponseSink> sink) {
-  auto fail = [&](StatusCode code, const std::string& why) {
+  const std::uint64_t id = env.id();
+  auto decoded = messaging::decode_request(
+      env, [this](std::string_view type) { return rt_.find_class(type); }, rt_.options().call_timeout,
+      self_.str());
+  if (!decoded.request) {
     if (!sink) return;
     in::Envelope r;
-    r.set_id(env.id());
+    r.set_id(id);
     r.set_kind(in::Envelope::RESPONSE);
-    r.set_code(static_cast<int>(code));
-    r.set_error(why);
+    r.set_code(static_cast<int>(decoded.code));
+    r.set_error(std::move(decoded.error));
     sink->send(std::move(r));
-  };
-  const runtime::GrainClass* cls = rt_.find_class(env.grain_type());
-  if (!cls) {
-    return fail(StatusCode::unimplemented,
-                "grain type " + env.grain_type() + " is not loaded on silo " + self_.str());
+    return;
   }
-  const MethodInfo* method = nullptr;
-  const bool reminder = env.method() == "#reminder";
-  if (reminder) method = &runtime::reminder_method;
-  for (const auto& m : cls->info->methods)
-    if (!reminder && env.method() == m.name) method = &m;
-  if (!method) return fail(StatusCode::unimplemented, env.grain_type() + " has no method " + env.method());
-  auto r = std::make_unique<Request>();
-  if (reminder) r->kind = Request::Kind::reminder_tick;
-  r->cls = cls;
-  r->key = std::move(*env.mutable_grain_key());
-  r->method = method;
-  r->arg_bytes = std::move(*env.mutable_payload());
-  for (const auto& link : env.chain()) {
-    if (const auto* c = rt_.find_class(link.grain_type()))
-      r->chain.push_back(runtime::ChainLink{c, link.grain_key()});
-  }
-  const auto timeout =
-      env.timeout_ms() ? std::chrono::milliseconds(env.timeout_ms()) : rt_.options().call_timeout;
-  r->deadline = Clock::now() + timeout;
-  r->hops = env.hops();
+  RequestPtr r = std::move(decoded.request);
   if (sink) {
-    r->call_id = env.id();
+    r->call_id = id;
     r->sink = std::make_shared<EnvelopeSink>(std::move(sink), self_.str());
   }
-  runtime::Shard& shard = rt_.shard_for(*cls, r->key);
+  runtime::Shard& shard = rt_.shard_for(*r->cls, r->key);
   asio::post(shard.io(), [&shard, r = std::move(r)]() mutable { shard.deliver(std::move(r)); });
 }
 
@@ -426,11 +492,7 @@ void ClusterRouter::on_response(in::Envelope env) {
       directory_.cache(env.grain_type() + "/" + env.grain_key(), where);
     }
   }
-  Reply reply;
-  reply.code = static_cast<StatusCode>(env.code());
-  reply.error = std::move(*env.mutable_error());
-  reply.response_bytes = std::move(*env.mutable_payload());
-  reply.location = std::move(*env.mutable_location());
+  Reply reply = messaging::decode_reply(env);
   runtime::Shard& shard = rt_.shard(index);
   asio::post(shard.io(), [&shard, id = env.id(), reply = std::move(reply)]() mutable {
     shard.complete(id, std::move(reply));

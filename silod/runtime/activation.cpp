@@ -47,32 +47,48 @@ Activation::~Activation() {
   cancel_all_timers();
 }
 
-void Activation::activate(bool clustered) {
+void Activation::activate(bool clustered, Clock::time_point deadline) {
   if (!clustered) {
     asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
     return;
   }
-  shard_.runtime().router()->register_activation(shard_, cls_, key_, [this](std::string holder) {
-    if (holder.empty()) {
+  using Outcome = Router::Registration::Outcome;
+  Router* router = shard_.runtime().router();
+  router->register_activation(shard_, cls_, key_, deadline, [this, router](Router::Registration reg) {
+    if (reg.outcome == Outcome::registered) {
       registered_ = true;
       asio::co_spawn(shard_.io(), run_activate(), log_coroutine_failure);
       return;
     }
-    // Another silo holds this grain (a concurrent activation won): hand it everything that queued here.
-    spdlog::debug("grain {}/{}: held by silo {}, forwarding {} queued calls", cls_.name(), key_, holder,
-                  queue_.size());
     state_ = State::gone;
+    Shard& shard = shard_;
+    if (reg.outcome == Outcome::unavailable) {
+      // No directory owner confirmed it in time: nothing ran, the caller may retry.
+      fail_queue(StatusCode::unavailable,
+                 "the directory could not confirm the activation of " + std::string(cls_.name()) + "/" +
+                     key_ + " in time (membership is changing); the call did not run, retry it");
+      shard.remove(this, {});  // destroys *this
+      return;
+    }
+    // Another silo holds this grain (a concurrent activation won): hand it everything that queued here.
+    spdlog::debug("grain {}/{}: held by silo {}, forwarding {} queued calls", cls_.name(), key_, reg.holder,
+                  queue_.size());
     std::vector<RequestPtr> queued;
     while (!queue_.empty()) {
       RequestPtr r = queue_.pop_front();
       if (r->kind != Request::Kind::timer_tick) queued.push_back(std::move(r));
     }
-    Shard& shard = shard_;
-    Router* router = shard_.runtime().router();
     shard.remove(this, {});  // destroys *this
     for (auto& r : queued)
-      router->forward(shard, std::move(r), holder);
+      router->forward(shard, std::move(r), reg.holder);
   });
+}
+
+void Activation::lose() {
+  // Another activation of this grain won the directory: run no further turn here; once the running ones
+  // end, deactivate and re-deliver the queue (the directory then sends it to the winner).
+  lost_ = true;
+  request_deactivation();
 }
 
 Task<void> Activation::run_activate() {
@@ -127,7 +143,7 @@ void Activation::enqueue(RequestPtr r) {
                                         " always_interleave, or enable call_chain_reentrancy"));
     return;
   }
-  if (state_ == State::valid && r->kind == Request::Kind::call && r->method->always_interleave) {
+  if (state_ == State::valid && !lost_ && r->kind == Request::Kind::call && r->method->always_interleave) {
     start_turn(std::move(r));
     return;
   }
@@ -145,10 +161,11 @@ bool Activation::can_start(const Request& r) const {
 
 void Activation::pump() {
   if (state_ != State::valid) return;
-  while (!queue_.empty() && can_start(queue_.front())) {
+  while (!lost_ && !queue_.empty() && can_start(queue_.front())) {
     start_turn(queue_.pop_front());
   }
-  if (deactivate_requested_ && idle()) {
+  // A lost activation deactivates with calls still queued: they go to the winner, not to its turns.
+  if (deactivate_requested_ && (idle() || (lost_ && running_ == 0))) {
     state_ = State::deactivating;
     asio::co_spawn(shard_.io(), run_deactivate(), log_coroutine_failure);
   }

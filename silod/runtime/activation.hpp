@@ -46,8 +46,11 @@ class Activation final : public detail::ActivationContext {
   ~Activation();
 
   /// Starts the activation: registers it in the directory first when `clustered` (another silo may hold
-  /// the grain: then the queued requests go there), then runs on_activate(); requests queue meanwhile.
-  void activate(bool clustered);
+  /// the grain: then the queued requests go there; no owner confirms it before `deadline`: they fail with
+  /// UNAVAILABLE), then runs on_activate(); requests queue meanwhile.
+  void activate(bool clustered, Clock::time_point deadline);
+  /// The directory names another activation of this grain: start no more turns, deactivate when idle.
+  void lose();
   /// Adds a request to the mailbox and starts whatever may start.
   void enqueue(RequestPtr request);
   /// Deactivates once idle (now, if idle already).
@@ -106,6 +109,7 @@ class Activation final : public detail::ActivationContext {
   std::uint32_t running_read_only_ = 0;
   const Request* current_ = nullptr;  // the turn whose code runs now (for the call chain)
   bool deactivate_requested_ = false;
+  bool lost_ = false;        // another activation holds the grain: no new turns
   bool registered_ = false;  // in the directory: unregister on deactivation
   Clock::time_point last_active_;
   std::uint64_t next_timer_id_ = 1;

@@ -18,10 +18,17 @@ class Router {
   virtual bool clustered() const = 0;
   /// Routes a call made on `from`'s thread: to a local worker or to the silo that has (or gets) the grain.
   virtual void route(Shard& from, RequestPtr request) = 0;
-  /// Registers a new local activation in the directory. `done(holder)` runs on `shard`'s thread; holder is
-  /// empty when this silo won, else the silo that holds the grain (the activation must not start).
+  /// The directory's answer to a new activation.
+  struct Registration {
+    enum class Outcome { registered, elsewhere, unavailable } outcome = Outcome::registered;
+    std::string holder;  // elsewhere: the silo that holds the grain
+  };
+  /// Registers a new local activation with the directory owner under the current membership view, waiting
+  /// for a view in which that owner answers, at most until `deadline`. `done` runs on `shard`'s thread:
+  /// only `registered` lets the activation start; `elsewhere` hands its calls to the holder;
+  /// `unavailable` fails them with UNAVAILABLE (they did not run).
   virtual void register_activation(Shard& shard, const GrainClass& cls, const std::string& key,
-                                   std::function<void(std::string holder)> done) = 0;
+                                   Clock::time_point deadline, std::function<void(Registration)> done) = 0;
   virtual void unregister_activation(const GrainClass& cls, const std::string& key) = 0;
   /// Sends `request` on to `silo` (the directory says the grain lives there).
   virtual void forward(Shard& from, RequestPtr request, const std::string& silo) = 0;

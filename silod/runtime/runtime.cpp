@@ -160,7 +160,9 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
     throw Error(StatusCode::unimplemented, std::string("grain type ") + cls->name() + " has no method " +
                                                method.name + " (plugin '" + cls->plugin + "')");
   }
-  if (stopping()) {
+  // A draining silo still routes grain-to-grain calls (on_deactivate, queued turns): clustered, they go to
+  // the silo holding the grain, or to a new activation on another silo.
+  if (stopping() && !(router_ && router_->clustered())) {
     throw Error(StatusCode::unavailable, "silo is shutting down; retry on another silo");
   }
   auto r = std::make_unique<Request>();

@@ -88,7 +88,14 @@ void Shard::deliver(RequestPtr request) {
     target = activation.get();
     it->second.push_back(std::move(activation));
     activations_.fetch_add(1, std::memory_order_relaxed);
-    target->activate(clustered);
+    // The first call's deadline bounds the wait for the directory, with room for the UNAVAILABLE reply
+    // to reach the caller first (a reply after the deadline reads as "may have run").
+    auto deadline = request->deadline;
+    const auto now = Clock::now();
+    if (deadline == Clock::time_point::max()) deadline = now + runtime_.options().call_timeout;
+    if (deadline > now)
+      deadline -= std::min<Clock::duration>(std::chrono::milliseconds(200), (deadline - now) / 4);
+    target->activate(clustered, deadline);
   }
   target->enqueue(std::move(request));
 }
@@ -217,6 +224,16 @@ void Shard::remove(Activation* activation, std::vector<RequestPtr> leftovers) {
   // Requests that arrived while it was deactivating go to a fresh activation (or fail during shutdown).
   for (auto& r : leftovers)
     deliver(std::move(r));
+}
+
+void Shard::lose(const GrainClass& cls, std::string_view key) {
+  auto it = catalog_.find(GrainKeyView{&cls, key});
+  if (it == catalog_.end()) return;
+  std::vector<Activation*> pool;
+  for (auto& a : it->second)
+    pool.push_back(a.get());
+  for (Activation* a : pool)
+    a->lose();
 }
 
 void Shard::deactivate_all() {

@@ -81,6 +81,8 @@ class Shard {
   void reply(const Request& request, Reply reply);
   /// Called by a deactivated activation: drops it and re-delivers what queued up meanwhile.
   void remove(Activation* activation, std::vector<RequestPtr> leftovers);
+  /// The directory holds another activation of (cls, key): the local one stops and hands its calls over.
+  void lose(const GrainClass& cls, std::string_view key);
   /// Deactivates every activation (silo shutdown); fails calls that would need a new one.
   void deactivate_all();
   /// Fails every pending call with UNAVAILABLE (last step of shutdown).
