@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/steady_timer.hpp>
 #include <silo/grain.hpp>
@@ -84,6 +86,11 @@ class Activation final : public detail::ActivationContext {
   storage::Provider& provider(const std::string& name) const;
   Reminders& reminders() const;
   [[noreturn]] void fail_state_operation(StatusCode code, const std::string& error);
+  // The version of a tombstone (a cleared record) this activation read or left; 0: none. PersistentState
+  // shows a cleared record as "nothing stored" (etag 0) to grain code; the runtime writes on top of it with
+  // the tombstone's version, so versions stay monotonic without changing the SDK's etag contract.
+  std::uint64_t tombstone(const std::string& provider, const std::string& name) const;
+  void set_tombstone(const std::string& provider, const std::string& name, std::uint64_t version);
   bool can_start(const Request& r) const;
   bool is_call_cycle(const Request& r) const;
   void pump();
@@ -106,10 +113,15 @@ class Activation final : public detail::ActivationContext {
   std::uint32_t running_read_only_ = 0;
   const Request* current_ = nullptr;  // the turn whose code runs now (for the call chain)
   bool deactivate_requested_ = false;
+  // A state write or clear failed: the grain's in-memory state may differ from what is stored, so no further
+  // turn starts and no state write is attempted; the activation deactivates once its running turns end and
+  // hands its queued calls to a fresh activation, which re-reads the stored state.
+  bool state_lost_ = false;
   bool registered_ = false;  // in the directory: unregister on deactivation
   Clock::time_point last_active_;
   std::uint64_t next_timer_id_ = 1;
   std::unordered_map<std::uint64_t, std::shared_ptr<TimerState>> timers_;
+  std::vector<std::pair<std::string, std::uint64_t>> tombstones_;  // "provider\0name" -> version (rare)
 };
 
 }  // namespace silo::runtime
