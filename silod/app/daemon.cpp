@@ -112,25 +112,25 @@ Daemon::Daemon(config::Config cfg)
         cfg_, cluster::make_postgres_table(cfg_.membership.dsn, cfg_.cluster.id), *messenger, *runtime_, self,
         gateway, [this](const cluster::MembershipSnapshot& view) {
           router_->on_view(view);
-          if (reminders_) reminders_->ownership_changed();
+          if (reminders_) {
+            std::vector<reminders::Keeper> active;
+            for (const auto& row : view.rows)
+              if (row.status == cluster::SiloStatus::active)
+                active.push_back({row.address.str(), row.grain_types});
+            reminders_->ownership_changed(std::move(active));
+          }
         });
     membership = agent.get();
     components_.push_back(std::move(messenger));
     components_.push_back(std::move(agent));
   }
   {
-    // Reminders: the silo owning a grain id's ring range keeps its reminders (alone: all of them).
+    // Reminders: kept by one of the active silos that load the grain type (alone: all of them).
     auto table = cfg_.reminders.provider == "postgres"
                      ? reminders::make_postgres_reminder_table(cfg_.reminders.dsn, cfg_.cluster.id)
                      : reminders::make_memory_reminder_table();
-    std::function<bool(const std::string&)> owns = [](const std::string&) { return true; };
-    if (router_) {
-      owns = [router = router_.get(), self = router_->self()](const std::string& id) {
-        return router->directory().owner(id) == self;
-      };
-    }
-    auto service =
-        std::make_unique<reminders::ReminderService>(cfg_, std::move(table), *runtime_, std::move(owns));
+    auto service = std::make_unique<reminders::ReminderService>(
+        cfg_, std::move(table), *runtime_, router_ ? router_->self().str() : std::string());
     reminders_ = service.get();
     runtime_->set_reminders(reminders_);
     components_.push_back(std::move(service));

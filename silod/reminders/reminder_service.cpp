@@ -23,11 +23,38 @@ std::int64_t unix_ms() {
 std::int64_t next_due(const ReminderRow& r) {
   return r.last_tick_ms == 0 ? r.start_ms : r.last_tick_ms + r.period_ms;
 }
+// FNV-1a and a final mix: the same on every silo and build, unlike std::hash.
+std::uint64_t stable_hash(std::string_view s) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s)
+    h = (h ^ c) * 0x100000001b3ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return h;
+}
 }  // namespace
 
+std::string keeper_of(const std::vector<Keeper>& active, const std::string& type, const std::string& key) {
+  const std::string id = type + "/" + key + "@";
+  const Keeper* best = nullptr;
+  std::uint64_t best_score = 0;
+  for (const auto& k : active) {
+    if (std::find(k.grain_types.begin(), k.grain_types.end(), type) == k.grain_types.end()) continue;
+    const std::uint64_t score = stable_hash(id + k.silo);
+    if (!best || score > best_score || (score == best_score && k.silo > best->silo))
+      best = &k, best_score = score;
+  }
+  return best ? best->silo : std::string();
+}
+
 ReminderService::ReminderService(const config::Config& cfg, std::unique_ptr<ReminderTable> table,
-                                 runtime::Runtime& rt, std::function<bool(const std::string&)> owns)
-    : cfg_(cfg), table_(std::move(table)), rt_(rt), owns_(std::move(owns)) {}
+                                 runtime::Runtime& rt, std::string self)
+    : cfg_(cfg), table_(std::move(table)), rt_(rt), self_(std::move(self)) {}
+
+bool ReminderService::owns(const ReminderRow& r) const {
+  return self_.empty() || keeper_of(keepers_, r.grain_type, r.grain_key) == self_;
+}
 
 ReminderService::~ReminderService() {
   io_.stop();
@@ -77,8 +104,11 @@ void ReminderService::stop(Deadline) {
   spdlog::info("reminders: stopped ({} were scheduled here)", scheduled_count_.load());
 }
 
-void ReminderService::ownership_changed() {
-  on_thread([this] { reload(); });
+void ReminderService::ownership_changed(std::vector<Keeper> active) {
+  on_thread([this, active = std::move(active)]() mutable {
+    keepers_ = std::move(active);
+    reload();
+  });
 }
 
 void ReminderService::schedule_reload() {
@@ -105,7 +135,7 @@ void ReminderService::reload() {
   }
   std::map<std::string, ReminderRow> owned;
   for (auto& r : rows) {
-    if (owns_(r.grain_type + "/" + r.grain_key)) owned.emplace(id_of(r), std::move(r));
+    if (owns(r)) owned.emplace(id_of(r), std::move(r));
   }
   for (auto it = scheduled_.begin(); it != scheduled_.end();) {
     auto o = owned.find(it->first);
@@ -179,10 +209,21 @@ void ReminderService::fire(const std::string& id) {
       if (stopping_) return;
       if (reply.code == StatusCode::ok) {
         s.row.last_tick_ms = due;
+        bool current = true;
         try {
-          table_->set_last_tick(s.row, due);
+          current = table_->set_last_tick(s.row, due);
         } catch (const TableUnavailable& e) {
           spdlog::warn("reminders: tick of {} delivered but not recorded: {}", id, e.what());
+        }
+        if (!current) {
+          // Unregistered or registered anew since this schedule was read, perhaps by the tick itself (on
+          // whichever silo the grain runs): this schedule ends here.
+          const ReminderRow row = s.row;
+          s.timer->cancel();
+          scheduled_.erase(it);
+          scheduled_count_ = scheduled_.size();
+          resync(row.grain_type, row.grain_key, row.name);
+          return;
         }
         arm(s);
       } else {
@@ -199,6 +240,24 @@ void ReminderService::fire(const std::string& id) {
   });
 }
 
+void ReminderService::resync(const std::string& type, const std::string& key, const std::string& name) {
+  std::vector<ReminderRow> rows;
+  try {
+    rows = table_->for_grain(type, key);
+  } catch (const TableUnavailable&) {
+    return;  // the next reload picks up whatever is stored
+  }
+  for (auto& row : rows) {
+    if (row.name != name || !owns(row)) continue;
+    Scheduled s;
+    s.row = std::move(row);
+    s.timer = std::make_unique<asio::steady_timer>(io_);
+    auto [pos, ok] = scheduled_.emplace(id_of(s.row), std::move(s));
+    if (ok) arm(pos->second);
+  }
+  scheduled_count_ = scheduled_.size();
+}
+
 void ReminderService::register_reminder(std::string type, std::string key, std::string name,
                                         std::int64_t start_ms, std::int64_t period_ms,
                                         std::function<void(Reply)> done) {
@@ -212,7 +271,7 @@ void ReminderService::register_reminder(std::string type, std::string key, std::
     }
     spdlog::info("reminders: registered {} (first tick in {} ms, every {} ms)", id_of(row),
                  std::max<std::int64_t>(0, row.start_ms - unix_ms()), row.period_ms);
-    if (owns_(row.grain_type + "/" + row.grain_key)) {
+    if (owns(row)) {
       auto it = scheduled_.find(id_of(row));
       if (it != scheduled_.end()) {
         it->second.timer->cancel();
@@ -238,8 +297,8 @@ void ReminderService::unregister_reminder(std::string type, std::string key, std
         } catch (const TableUnavailable& e) {
           return done(Reply::failure(StatusCode::unavailable, e.what()));
         }
-        // Also while a tick is in flight (on_reminder may unregister its own reminder): that tick's
-        // completion finds no entry and does not arm the next one.
+        // Also while its tick runs (the tick may be what unregisters it): the tick's completion then finds
+        // nothing to re-arm. A keeper on another silo learns it from the tick's record (set_last_tick).
         auto it = scheduled_.find(type + "/" + key + "/" + name);
         if (it != scheduled_.end()) {
           it->second.timer->cancel();

@@ -1,5 +1,6 @@
 #include "reminders/reminder_table.hpp"
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -38,13 +39,14 @@ class MemoryTable final : public ReminderTable {
       out.push_back(r);
     return out;
   }
-  void set_last_tick(const ReminderRow& row, std::int64_t last_tick_ms) override {
+  bool set_last_tick(const ReminderRow& row, std::int64_t last_tick_ms) override {
     std::lock_guard lock(mutex_);
     auto it = rows_.find({row.grain_type, row.grain_key, row.name});
     // Only when the schedule is the one that ticked: a re-registration meanwhile starts afresh.
-    if (it != rows_.end() && it->second.start_ms == row.start_ms && it->second.period_ms == row.period_ms) {
-      it->second.last_tick_ms = last_tick_ms;
-    }
+    if (it == rows_.end() || it->second.start_ms != row.start_ms || it->second.period_ms != row.period_ms)
+      return false;
+    it->second.last_tick_ms = std::max(it->second.last_tick_ms, last_tick_ms);
+    return true;
   }
   std::string describe() const override { return "memory"; }
 
@@ -132,14 +134,19 @@ class PostgresTable final : public ReminderTable {
     return out;
   }
 
-  void set_last_tick(const ReminderRow& row, std::int64_t last_tick_ms) override {
+  bool set_last_tick(const ReminderRow& row, std::int64_t last_tick_ms) override {
+    bool current = false;
     run([&](pqxx::work& tx) {
-      tx.exec_params(
-          "UPDATE silo_reminders SET last_tick_ms = GREATEST(last_tick_ms, $7), updated_at = now() "
-          "WHERE cluster_id = $1 AND grain_type = $2 AND grain_key = $3 AND name = $4 AND start_ms = $5 "
-          "AND period_ms = $6",
-          cluster_, row.grain_type, row.grain_key, row.name, row.start_ms, row.period_ms, last_tick_ms);
+      current =
+          tx.exec_params(
+                "UPDATE silo_reminders SET last_tick_ms = GREATEST(last_tick_ms, $7), updated_at = now() "
+                "WHERE cluster_id = $1 AND grain_type = $2 AND grain_key = $3 AND name = $4 AND start_ms = "
+                "$5 "
+                "AND period_ms = $6",
+                cluster_, row.grain_type, row.grain_key, row.name, row.start_ms, row.period_ms, last_tick_ms)
+              .affected_rows() == 1;
     });
+    return current;
   }
 
   std::string describe() const override { return where_.empty() ? "PostgreSQL" : "PostgreSQL at " + where_; }

@@ -34,7 +34,9 @@ class ReminderTable {
   virtual void remove(const std::string& type, const std::string& key, const std::string& name) = 0;
   virtual std::vector<ReminderRow> for_grain(const std::string& type, const std::string& key) = 0;
   virtual std::vector<ReminderRow> all() = 0;
-  virtual void set_last_tick(const ReminderRow& row, std::int64_t last_tick_ms) = 0;
+  /// Records a delivered tick if the stored reminder still has `row`'s schedule. False when it does not:
+  /// it was unregistered or registered anew (perhaps by the tick itself), so that schedule must stop.
+  virtual bool set_last_tick(const ReminderRow& row, std::int64_t last_tick_ms) = 0;
   virtual std::string describe() const = 0;
 };
 

@@ -27,6 +27,14 @@ void log_coroutine_failure(std::exception_ptr e) {
   }
 }
 
+const char* retired_message(Activation::Retired why) {
+  if (why == Activation::Retired::lost)
+    return "not written: another activation of this grain won the directory; this one is deactivating and "
+           "the next call goes to the winner";
+  return "not written: an earlier state write of this activation failed, so its in-memory state is not what "
+         "is stored; the activation is deactivating and the next call re-reads the stored state";
+}
+
 Reply reply_from_exception(std::exception_ptr e) {
   try {
     std::rethrow_exception(e);
@@ -87,7 +95,7 @@ void Activation::activate(bool clustered, Clock::time_point deadline) {
 void Activation::lose() {
   // Another activation of this grain won the directory: run no further turn here; once the running ones
   // end, deactivate and re-deliver the queue (the directory then sends it to the winner).
-  lost_ = true;
+  if (retired_ == Retired::no) retired_ = Retired::lost;
   request_deactivation();
 }
 
@@ -99,6 +107,12 @@ Task<void> Activation::run_activate() {
     co_await grain_->on_activate();
   } catch (...) {
     failure = std::current_exception();
+  }
+  if (!failure && retired_ == Retired::state_failed) {
+    // on_activate caught the failure of its own state write: its calls cannot run on that state, and a
+    // fresh activation would likely fail the same way, so they fail as not run rather than move on.
+    failure = std::make_exception_ptr(Error(
+        StatusCode::unavailable, "a state write in on_activate failed; the call did not run, retry it"));
   }
   if (failure) {
     const Reply r = reply_from_exception(failure);
@@ -131,6 +145,12 @@ bool Activation::is_call_cycle(const Request& r) const {
 void Activation::enqueue(RequestPtr r) {
   if (r->kind == Request::Kind::call && state_ == State::valid && !cls_.info->reentrant &&
       !r->method->always_interleave && is_call_cycle(*r)) {
+    if (retired_ != Retired::no) {
+      // It cannot wait for the next activation: the turn it would queue behind waits on it.
+      shard_.reply(*r, Reply::failure(StatusCode::unavailable,
+                                      "the grain's activation is retiring; the call did not run, retry it"));
+      return;
+    }
     if (cls_.info->call_chain_reentrancy) {
       start_turn(std::move(r));  // the chain waits for us: run it now rather than deadlock
       return;
@@ -143,7 +163,8 @@ void Activation::enqueue(RequestPtr r) {
                                         " always_interleave, or enable call_chain_reentrancy"));
     return;
   }
-  if (state_ == State::valid && !lost_ && r->kind == Request::Kind::call && r->method->always_interleave) {
+  if (state_ == State::valid && retired_ == Retired::no && r->kind == Request::Kind::call &&
+      r->method->always_interleave) {
     start_turn(std::move(r));
     return;
   }
@@ -161,11 +182,11 @@ bool Activation::can_start(const Request& r) const {
 
 void Activation::pump() {
   if (state_ != State::valid) return;
-  while (!lost_ && !queue_.empty() && can_start(queue_.front())) {
+  // A retired activation starts nothing: its queued calls are delivered again once it is gone.
+  while (retired_ == Retired::no && !queue_.empty() && can_start(queue_.front())) {
     start_turn(queue_.pop_front());
   }
-  // A lost activation deactivates with calls still queued: they go to the winner, not to its turns.
-  if (deactivate_requested_ && (idle() || (lost_ && running_ == 0))) {
+  if (running_ == 0 && (retired_ != Retired::no || (deactivate_requested_ && queue_.empty()))) {
     state_ = State::deactivating;
     asio::co_spawn(shard_.io(), run_deactivate(), log_coroutine_failure);
   }
@@ -393,12 +414,49 @@ Task<detail::StoredState> Activation::read_state(const std::string& provider_nam
   current_ = turn;
   if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (!out.ok()) throw Error(out.code, out.error);
+  // A cleared record reads as nothing stored; its version is kept here for the next write.
+  set_tombstone(provider_name, name, out.tombstone ? out.etag : 0);
+  if (out.tombstone) co_return detail::StoredState{};
   co_return detail::StoredState{std::move(out.data), out.etag};
+}
+
+namespace {
+std::string state_id(const std::string& provider_name, const std::string& name) {
+  std::string id = provider_name;
+  id += '\0';
+  id += name;
+  return id;
+}
+}  // namespace
+
+std::uint64_t Activation::tombstone(const std::string& provider_name, const std::string& name) const {
+  if (tombstones_.empty()) return 0;  // the common case: no cleared record in sight
+  const std::string id = state_id(provider_name, name);
+  for (const auto& [k, v] : tombstones_)
+    if (k == id) return v;
+  return 0;
+}
+
+void Activation::set_tombstone(const std::string& provider_name, const std::string& name,
+                               std::uint64_t version) {
+  if (version == 0 && tombstones_.empty()) return;
+  const std::string id = state_id(provider_name, name);
+  auto it =
+      std::find_if(tombstones_.begin(), tombstones_.end(), [&](const auto& t) { return t.first == id; });
+  if (version == 0) {
+    if (it != tombstones_.end()) tombstones_.erase(it);
+  } else if (it != tombstones_.end()) {
+    it->second = version;
+  } else {
+    tombstones_.emplace_back(id, version);
+  }
 }
 
 Task<std::uint64_t> Activation::write_state(const std::string& provider_name, const std::string& name,
                                             std::string data, std::uint64_t etag) {
   storage::Provider& p = provider(provider_name);
+  if (retired_ != Retired::no) throw Error(StatusCode::unavailable, retired_message(retired_));
+  if (etag == 0) etag = tombstone(provider_name, name);  // "nothing stored" on top of a cleared record
   const Request* turn = current_;
   storage::StateKey key{cls_.name(), key_, name};
   auto start = [&](storage::Completion done) { p.write(key, std::move(data), etag, std::move(done)); };
@@ -406,6 +464,7 @@ Task<std::uint64_t> Activation::write_state(const std::string& provider_name, co
   current_ = turn;
   if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (!out.ok()) fail_state_operation(out.code, out.error);
+  set_tombstone(provider_name, name, 0);
   co_return out.etag;
 }
 
@@ -416,13 +475,15 @@ void Activation::fail_state_operation(StatusCode code, const std::string& error)
   // failed write is never saved later by an unrelated one.
   spdlog::warn("grain {}/{}: state {} ({}); deactivating this activation", cls_.name(), key_,
                code == StatusCode::aborted ? "conflict" : "write failed", error);
-  deactivate_requested_ = true;
+  retired_ = Retired::state_failed;
   throw Error(code, error + "; this activation was deactivated and re-reads its state on the next call");
 }
 
 Task<void> Activation::clear_state(const std::string& provider_name, const std::string& name,
                                    std::uint64_t etag) {
   storage::Provider& p = provider(provider_name);
+  if (retired_ != Retired::no) throw Error(StatusCode::unavailable, retired_message(retired_));
+  if (etag == 0) etag = tombstone(provider_name, name);
   const Request* turn = current_;
   storage::StateKey key{cls_.name(), key_, name};
   auto start = [&](storage::Completion done) { p.clear(key, etag, std::move(done)); };
@@ -430,6 +491,7 @@ Task<void> Activation::clear_state(const std::string& provider_name, const std::
   current_ = turn;
   if (turn) shard_.resume_turn(turn->turn_id, turn->method);
   if (!out.ok()) fail_state_operation(out.code, out.error);
+  set_tombstone(provider_name, name, out.etag);  // the tombstone's version (0: there was no record)
 }
 
 namespace {

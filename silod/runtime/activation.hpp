@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/steady_timer.hpp>
 #include <silo/grain.hpp>
@@ -41,6 +43,7 @@ class TimerState {
 class Activation final : public detail::ActivationContext {
  public:
   enum class State : std::uint8_t { activating, valid, deactivating, gone };
+  enum class Retired : std::uint8_t { no, lost, state_failed };  // see retired_
 
   Activation(Shard& shard, const GrainClass& cls, std::string key);
   ~Activation();
@@ -49,7 +52,7 @@ class Activation final : public detail::ActivationContext {
   /// the grain: then the queued requests go there; no owner confirms it before `deadline`: they fail with
   /// UNAVAILABLE), then runs on_activate(); requests queue meanwhile.
   void activate(bool clustered, Clock::time_point deadline);
-  /// The directory names another activation of this grain: start no more turns, deactivate when idle.
+  /// The directory names another activation of this grain: retire (see `retired_`).
   void lose();
   /// Adds a request to the mailbox and starts whatever may start.
   void enqueue(RequestPtr request);
@@ -87,6 +90,11 @@ class Activation final : public detail::ActivationContext {
   storage::Provider& provider(const std::string& name) const;
   Reminders& reminders() const;
   [[noreturn]] void fail_state_operation(StatusCode code, const std::string& error);
+  // The version of a tombstone (a cleared record) this activation read or left; 0: none. PersistentState
+  // shows a cleared record as "nothing stored" (etag 0) to grain code; the runtime writes on top of it with
+  // the tombstone's version, so versions stay monotonic without changing the SDK's etag contract.
+  std::uint64_t tombstone(const std::string& provider, const std::string& name) const;
+  void set_tombstone(const std::string& provider, const std::string& name, std::uint64_t version);
   bool can_start(const Request& r) const;
   bool is_call_cycle(const Request& r) const;
   void pump();
@@ -109,11 +117,17 @@ class Activation final : public detail::ActivationContext {
   std::uint32_t running_read_only_ = 0;
   const Request* current_ = nullptr;  // the turn whose code runs now (for the call chain)
   bool deactivate_requested_ = false;
-  bool lost_ = false;        // another activation holds the grain: no new turns
+  // Why this activation retired, if it did. A retired activation starts no further turn and writes no state;
+  // it deactivates once its running turns end, and its queued calls are delivered again (to the winner, or
+  // to a fresh activation that re-reads the stored state).
+  //  - lost: another activation of the grain won the directory (re-registration after a view change);
+  //  - state_failed: a state write or clear failed, so the in-memory state may differ from what is stored.
+  Retired retired_ = Retired::no;
   bool registered_ = false;  // in the directory: unregister on deactivation
   Clock::time_point last_active_;
   std::uint64_t next_timer_id_ = 1;
   std::unordered_map<std::uint64_t, std::shared_ptr<TimerState>> timers_;
+  std::vector<std::pair<std::string, std::uint64_t>> tombstones_;  // "provider\0name" -> version (rare)
 };
 
 }  // namespace silo::runtime

@@ -19,6 +19,7 @@ class MemoryProvider final : public Provider {
       if (auto it = records_.find(id(key)); it != records_.end()) {
         out.data = it->second.data;
         out.etag = it->second.etag;
+        out.tombstone = it->second.tombstone;
       }
     }
     done(std::move(out));
@@ -34,6 +35,7 @@ class MemoryProvider final : public Provider {
       } else {
         record.data = std::move(data);
         record.etag = etag + 1;
+        record.tombstone = false;
         out.etag = record.etag;
       }
     }
@@ -46,10 +48,15 @@ class MemoryProvider final : public Provider {
       std::lock_guard lock(mutex_);
       auto it = records_.find(id(key));
       const std::uint64_t stored = it == records_.end() ? 0 : it->second.etag;
-      if (stored != etag)
+      if (stored != etag) {
         out = conflict(key, etag, stored);
-      else if (it != records_.end())
-        records_.erase(it);
+      } else if (stored != 0) {
+        // A tombstone, never an erase: the version must not start over (see provider.hpp).
+        it->second.data.clear();
+        it->second.etag = etag + 1;
+        it->second.tombstone = true;
+        out.etag = it->second.etag;
+      }
     }
     done(std::move(out));
   }
@@ -58,6 +65,7 @@ class MemoryProvider final : public Provider {
   struct Record {
     std::string data;
     std::uint64_t etag = 0;
+    bool tombstone = false;
   };
   static std::string id(const StateKey& k) { return k.grain_type + '\0' + k.grain_key + '\0' + k.state_name; }
   static Outcome conflict(const StateKey& k, std::uint64_t expected, std::uint64_t stored) {

@@ -2,7 +2,11 @@
 // key, state name), its `version` column being the etag. A small pool of worker threads, each owning one
 // connection, serves a shared queue, so callers never block on the database. With group commit a worker
 // takes the queued writes (its share, when other workers are idle) and runs them in one transaction, one
-// statement and one result per write: under load, many writes share one commit (one WAL flush).
+// statement and one result per write: under load, many writes share one commit (one WAL flush). Should
+// PostgreSQL refuse one statement (a constraint, a trigger, a full tablespace quota), the batch is run again
+// with a savepoint per operation, so that operation fails alone and the rest of the batch is stored.
+// clear() leaves a tombstone (payload NULL, version one up) rather than deleting the row: versions never
+// restart, so an etag from before a clear stays stale (see provider.hpp).
 
 #include <algorithm>
 #include <cctype>
@@ -58,6 +62,8 @@ const Migration storage_migrations[] = {
              version bigint NOT NULL,
              updated_at timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (cluster_id, grain_type, grain_key, state_name)))"},
+    // Tombstones: clear() keeps the row with payload NULL, so its version keeps growing.
+    {2, "ALTER TABLE silo_grain_state ALTER COLUMN payload DROP NOT NULL"},
 };
 
 constexpr const char* sql_read =
@@ -70,9 +76,10 @@ constexpr const char* sql_update =
     "UPDATE silo_grain_state SET payload = $5, version = version + 1, updated_at = now() "
     "WHERE cluster_id = $1 AND grain_type = $2 AND grain_key = $3 AND state_name = $4 AND version = $6 "
     "RETURNING version";
-constexpr const char* sql_delete =
-    "DELETE FROM silo_grain_state "
-    "WHERE cluster_id = $1 AND grain_type = $2 AND grain_key = $3 AND state_name = $4 AND version = $5";
+constexpr const char* sql_clear =
+    "UPDATE silo_grain_state SET payload = NULL, version = version + 1, updated_at = now() "
+    "WHERE cluster_id = $1 AND grain_type = $2 AND grain_key = $3 AND state_name = $4 AND version = $5 "
+    "RETURNING version";
 constexpr const char* sql_version =
     "SELECT version FROM silo_grain_state "
     "WHERE cluster_id = $1 AND grain_type = $2 AND grain_key = $3 AND state_name = $4";
@@ -452,7 +459,7 @@ class PostgresProvider final : public Provider {
     c.conn->prepare("silo_read", sql_read);
     c.conn->prepare("silo_insert", sql_insert);
     c.conn->prepare("silo_update", sql_update);
-    c.conn->prepare("silo_delete", sql_delete);
+    c.conn->prepare("silo_clear", sql_clear);
     c.conn->prepare("silo_version", sql_version);
     return c;
   }
@@ -514,12 +521,13 @@ class PostgresProvider final : public Provider {
     };
     int rollbacks = 0;
     bool retried_broken = false;
+    bool isolate = false;  // a savepoint per operation, after a statement of the batch was refused
     for (;;) {
       std::string error;
       if (!ensure_connected(index, conn, next_attempt, backoff, error))
         return fail_all(StatusCode::unavailable, unreachable(error));
       try {
-        return run(*conn.conn, batch);
+        return run(*conn.conn, batch, isolate);
       } catch (const pqxx::in_doubt_error& e) {
         conn.reset();
         return fail_all(StatusCode::unavailable,
@@ -553,9 +561,17 @@ class PostgresProvider final : public Provider {
           retried_broken = true;
           continue;
         }
-        return fail_all(StatusCode::internal,
-                        prefix_ + ": PostgreSQL at " + target_ + " refused the statement (" + state + "): " +
-                            first_line(e.what()) + "; check the silo_grain_state table and this silo's logs");
+        if (!isolate && batch.size() > 1) {
+          // One operation was refused and the whole transaction rolled back, nothing written: run the
+          // batch again with a savepoint per operation, so only the refused one fails (its grain then
+          // deactivates; the other grains' writes must not fail with it). The normal path stays one
+          // statement per write.
+          spdlog::debug("{}: a batch of {} was refused ({}); running it again operation by operation",
+                        prefix_, batch.size(), first_line(e.what()));
+          isolate = true;
+          continue;
+        }
+        return fail_all(StatusCode::internal, refused(e));
       } catch (const std::exception& e) {
         if (conn.conn && !conn.conn->is_open()) conn.reset();
         return fail_all(StatusCode::internal,
@@ -564,17 +580,27 @@ class PostgresProvider final : public Provider {
     }
   }
 
-  // Runs the batch: a read alone without a transaction; writes and clears in one transaction.
-  std::vector<Outcome> run(pqxx::connection& conn, const std::vector<Op>& batch) {
+  std::string refused(const pqxx::sql_error& e) const {
+    return prefix_ + ": PostgreSQL at " + target_ + " refused the statement (" + e.sqlstate() +
+           "): " + first_line(e.what()) + "; check the silo_grain_state table and this silo's logs";
+  }
+
+  // Errors that concern the connection or the transaction as a whole rather than one statement: connection
+  // exceptions (08), operator intervention (57), insufficient resources (53), transaction rollback (40).
+  static bool whole_batch_error(const pqxx::sql_error& e) {
+    const std::string& state = e.sqlstate();
+    return state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0 || state.rfind("53", 0) == 0 ||
+           state.rfind("40", 0) == 0;
+  }
+
+  // Runs the batch: a read alone without a transaction; writes and clears in one transaction (with a
+  // savepoint per operation when `isolate`).
+  std::vector<Outcome> run(pqxx::connection& conn, const std::vector<Op>& batch, bool isolate) {
     std::vector<Outcome> outs(batch.size());
     if (batch.size() == 1 && batch[0].kind == Op::Kind::read) {
       pqxx::nontransaction tx(conn);
       const auto& k = batch[0].key;
-      pqxx::result r = tx.exec_prepared("silo_read", cluster_id_, k.grain_type, k.grain_key, k.state_name);
-      if (!r.empty()) {
-        outs[0].data = pqxx::binarystring(r[0][0]).str();
-        outs[0].etag = r[0][1].as<std::uint64_t>();
-      }
+      outs[0] = read_row(tx.exec_prepared("silo_read", cluster_id_, k.grain_type, k.grain_key, k.state_name));
       return outs;
     }
     // Statements in key order, so two batches touching the same rows lock them in the same order and cannot
@@ -590,26 +616,38 @@ class PostgresProvider final : public Provider {
     });
     pqxx::work tx(conn);
     for (std::size_t i : order)
-      outs[i] = apply(tx, batch[i]);
+      outs[i] = isolate ? apply_isolated(tx, batch[i]) : apply(tx, batch[i]);
     tx.commit();
     return outs;
   }
 
+  // One operation under its own savepoint: refused, it is rolled back alone and fails alone. (Plain SAVEPOINT
+  // statements: with libpqxx 6.4's subtransaction, the statements after a refused one still failed, 25P02.)
+  Outcome apply_isolated(pqxx::work& tx, const Op& op) {
+    tx.exec("SAVEPOINT silo_op");
+    try {
+      Outcome out = apply(tx, op);
+      tx.exec("RELEASE SAVEPOINT silo_op");
+      return out;
+    } catch (const pqxx::sql_error& e) {
+      if (whole_batch_error(e) || !tx.conn().is_open()) throw;
+      tx.exec("ROLLBACK TO SAVEPOINT silo_op");
+      Outcome out;
+      out.code = StatusCode::internal;
+      out.error = refused(e);
+      return out;
+    }
+  }
+
   // One operation inside the batch's transaction. A stale etag is 0 rows, never an SQL error, so it fails
   // only its own operation.
-  Outcome apply(pqxx::work& tx, const Op& op) {
+  Outcome apply(pqxx::transaction_base& tx, const Op& op) {
     const auto& k = op.key;
     const auto etag = static_cast<std::int64_t>(op.etag);
     Outcome out;
     switch (op.kind) {
-      case Op::Kind::read: {
-        pqxx::result r = tx.exec_prepared("silo_read", cluster_id_, k.grain_type, k.grain_key, k.state_name);
-        if (!r.empty()) {
-          out.data = pqxx::binarystring(r[0][0]).str();
-          out.etag = r[0][1].as<std::uint64_t>();
-        }
-        return out;
-      }
+      case Op::Kind::read:
+        return read_row(tx.exec_prepared("silo_read", cluster_id_, k.grain_type, k.grain_key, k.state_name));
       case Op::Kind::write: {
         const pqxx::binarystring payload(op.data.data(), op.data.size());
         if (op.etag == 0) {
@@ -630,18 +668,33 @@ class PostgresProvider final : public Provider {
         return conflict(k, op.etag, stored_version(tx, k));
       }
       case Op::Kind::clear: {
-        pqxx::result r =
-            tx.exec_prepared("silo_delete", cluster_id_, k.grain_type, k.grain_key, k.state_name, etag);
-        if (r.affected_rows() == 1) return out;
+        if (op.etag != 0) {
+          pqxx::result r =
+              tx.exec_prepared("silo_clear", cluster_id_, k.grain_type, k.grain_key, k.state_name, etag);
+          if (!r.empty()) {
+            out.etag = r[0][0].as<std::uint64_t>();
+            return out;
+          }
+        }
         const std::uint64_t stored = stored_version(tx, k);
-        if (stored == op.etag) return out;  // etag 0 and nothing stored: already clear
+        if (stored == 0 && op.etag == 0) return out;  // no record: nothing to clear
         return conflict(k, op.etag, stored);
       }
     }
     return out;
   }
 
-  std::uint64_t stored_version(pqxx::work& tx, const StateKey& k) {
+  static Outcome read_row(const pqxx::result& r) {
+    Outcome out;
+    if (!r.empty()) {
+      out.tombstone = r[0][0].is_null();
+      if (!out.tombstone) out.data = pqxx::binarystring(r[0][0]).str();
+      out.etag = r[0][1].as<std::uint64_t>();
+    }
+    return out;
+  }
+
+  std::uint64_t stored_version(pqxx::transaction_base& tx, const StateKey& k) {
     pqxx::result r = tx.exec_prepared("silo_version", cluster_id_, k.grain_type, k.grain_key, k.state_name);
     return r.empty() ? 0 : r[0][0].as<std::uint64_t>();
   }

@@ -1,6 +1,10 @@
 #pragma once
 // Storage providers keep grain state: one record per (grain type, grain key, state name) with a version
 // (the etag). Providers complete on their own threads; the runtime hops back to the grain's worker.
+//
+// Versions only grow: clear() does not delete the record but leaves a tombstone (no data) one version up,
+// so an etag from before the clear can never match again (a deleted record would restart at version 1,
+// and a stale writer holding etag 1 could overwrite newer state). Orleans' ADO.NET storage does the same.
 
 #include <cstdint>
 #include <functional>
@@ -26,7 +30,8 @@ struct Outcome {
   StatusCode code = StatusCode::ok;
   std::string error;
   std::string data;        // read: the stored bytes
-  std::uint64_t etag = 0;  // read: the stored version (0: none); write: the new version
+  std::uint64_t etag = 0;  // read: the stored version (0: none); write, clear: the new version
+  bool tombstone = false;  // read: the record was cleared (no data; etag is the tombstone's version)
   bool ok() const noexcept { return code == StatusCode::ok; }
 };
 
@@ -39,9 +44,11 @@ class Provider {
   virtual void stop() {}
   /// `done` may run on any thread, possibly before read() returns.
   virtual void read(const StateKey& key, Completion done) = 0;
-  /// Stores `data` if the stored version is `etag` (0: nothing stored); the new version is etag+1.
+  /// Stores `data` if the stored version is `etag` (0: no record at all, not even a tombstone); the new
+  /// version is etag+1.
   virtual void write(const StateKey& key, std::string data, std::uint64_t etag, Completion done) = 0;
-  /// Deletes the record if its version is `etag`.
+  /// Replaces the record by a tombstone at version etag+1 if its version is `etag`; with etag 0 and no
+  /// record, nothing happens (outcome etag 0).
   virtual void clear(const StateKey& key, std::uint64_t etag, Completion done) = 0;
 };
 

@@ -82,14 +82,14 @@ struct Silo {
         return t.for_grain(a, b);
       }
       std::vector<silo::reminders::ReminderRow> all() override { return t.all(); }
-      void set_last_tick(const silo::reminders::ReminderRow& r, std::int64_t v) override {
-        t.set_last_tick(r, v);
+      bool set_last_tick(const silo::reminders::ReminderRow& r, std::int64_t v) override {
+        return t.set_last_tick(r, v);
       }
       std::string describe() const override { return t.describe(); }
       silo::reminders::ReminderTable& t;
     };
     reminders = std::make_unique<silo::reminders::ReminderService>(
-        cfg, std::make_unique<Borrowed>(*table), *rt, [](const std::string&) { return true; });
+        cfg, std::make_unique<Borrowed>(*table), *rt, std::string());  // alone: keeps every reminder
     rt->set_reminders(reminders.get());
     reminders->start();
   }

@@ -77,14 +77,15 @@ TEST_CASE("migrations run once, under the advisory lock, even when providers sta
   // Starting again finds the schema current and changes nothing.
   auto again = make_provider("migrate", pg_config(true, 1, db.dsn()));
   again->start();
-  CHECK(storage_test::count_logged("schema 'storage' is at version 1 (up to date)") >= 4);
+  CHECK(storage_test::count_logged("schema 'storage' is at version 2 (up to date)") >= 4);
 
   auto conn = storage_test::sql(db.dsn());
   pqxx::nontransaction tx(*conn);
   const auto rows = tx.exec("SELECT component, version FROM silo_schema_migrations ORDER BY version");
-  REQUIRE(rows.size() == 1);
+  REQUIRE(rows.size() == 2);
   CHECK(rows[0][0].as<std::string>() == "storage");
   CHECK(rows[0][1].as<int>() == 1);
+  CHECK(rows[1][1].as<int>() == 2);
   CHECK(tx.exec("SELECT count(*) FROM silo_grain_state")[0][0].as<int>() == 0);
 
   // Every provider works on the migrated schema.
@@ -139,14 +140,15 @@ TEST_CASE("etags: writes and clears with a stale version fail with ABORTED, like
     CHECK(o.code == StatusCode::aborted);
     CHECK_THAT(o.error, Catch::Contains("is at version 2, this activation read version 1"));
     CHECK(storage_test::clear(*p, k, 2).ok());
-    o = storage_test::read(*p, k);
-    CHECK(o.etag == 0);
+    o = storage_test::read(*p, k);  // a tombstone: no data, the version goes on
+    CHECK(o.etag == 3);
+    CHECK(o.tombstone);
     CHECK(o.data.empty());
-    CHECK(storage_test::clear(*p, k, 0).ok());  // nothing stored, nothing to clear
+    CHECK(storage_test::clear(*p, StateKey{"test.Thing", "never", "state"}, 0).ok());  // nothing to clear
 
-    o = storage_test::write(*p, k, "gone", 3);
+    o = storage_test::write(*p, k, "gone", 4);
     CHECK(o.code == StatusCode::aborted);
-    CHECK_THAT(o.error, Catch::Contains("is at version 0, this activation read version 3"));
+    CHECK_THAT(o.error, Catch::Contains("is at version 3, this activation read version 4"));
   }
 
   // Keys PostgreSQL cannot store as text fail on their own, before reaching a batch.
@@ -229,10 +231,10 @@ TEST_CASE("group commit: concurrent writes share transactions but each gets its 
 }
 
 TEST_CASE("a writer that read before clear() cannot overwrite the state written after it",
-          "[storage][postgres][.known-defect]") {
-  // Known defect (issue 10 item 5): clear() deletes the row, so versions restart at 1 and a writer holding
-  // the etag it read before the clear matches the new row's version and overwrites it. Hidden until the
-  // providers' fix lands; it asserts the correct behaviour.
+          "[storage][postgres]") {
+  // Issue 10 item 5: clear() used to delete the row, so versions restarted at 1 and a writer holding the
+  // etag it read before the clear matched the new row's version and overwrote it (now a tombstone keeps
+  // the version going up).
   storage_test::require_postgres();
   const bool group_commit = GENERATE(true, false);
   auto pg = make_provider(group_commit ? "clear-gc" : "clear", pg_config(group_commit));
