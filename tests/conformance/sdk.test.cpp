@@ -92,7 +92,8 @@ struct Silo {
       cfg.reminders.min_period = 50ms;
       cfg.reminders.refresh_interval = refresh;
       reminders = std::make_unique<silo::reminders::ReminderService>(
-          cfg, silo::reminders::make_memory_reminder_table(), *rt, [](const std::string&) { return true; });
+          cfg, silo::reminders::make_memory_reminder_table(), *rt,
+          std::string());  // alone: keeps every reminder
       rt->set_reminders(reminders.get());
       reminders->start();
     }
