@@ -307,12 +307,22 @@ Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std
   not_answering.print(out);
   out << "time from each fault to its grains answering again:\n" << rec.str();
   out << "by kind:\n" << kinds.str();
+  // Not an invariant, but an operator's concern (and a known defect): a drain that waits out the timeout.
+  long slow_stops = 0, stops = 0;
+  for (const auto& p : processes) {
+    if (p.term_us < 0 || p.ended_us < 0) continue;
+    ++stops;
+    if (p.ended_us - p.term_us >= (run.shutdown_timeout_ms - 500) * 1000) ++slow_stops;
+  }
+  out << "graceful stops (SIGTERM): " << stops << ", of which " << slow_stops
+      << " took the whole shutdown_timeout (" << run.shutdown_timeout_ms << " ms)\n";
   out << "silod processes:\n";
   for (const auto& p : processes) {
     out << "  " << p.node << "#" << p.generation << " pid " << p.pid << " " << at(p.started_us) << " .. "
         << (p.ended_us < 0 ? std::string("end") : at(p.ended_us)) << " exit "
         << (p.exit_code ? std::to_string(*p.exit_code) : std::string("-")) << " (expected " << p.expected
         << ")" << (p.unexpected ? "  UNEXPECTED" : "") << (p.never_ready ? "  NEVER READY" : "")
+        << (p.term_us >= 0 && p.ended_us >= 0 ? ", " + ms(p.ended_us - p.term_us) + " after SIGTERM" : "")
         << (p.note.empty() ? "" : "  " + p.note) << "\n";
   }
   out << "RESULT: " << (v.broken.empty() ? "PASS" : "FAIL");

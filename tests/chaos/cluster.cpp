@@ -257,6 +257,7 @@ Fault Cluster::sigterm(int victim, milliseconds down_for, bool restart_kind) {
   f.victims = {n.name};
   f.pids = {n.process->pid()};
   n.expected.insert(0);
+  records_[n.record].term_us = now_us();
   n.process->signal(SIGTERM);
   set_state(n, State::stopping);
   n.restart_delay = down_for;
@@ -296,6 +297,7 @@ void Cluster::stop_all(milliseconds timeout) {
     if (n->state == State::down) continue;
     if (n->state == State::stopped) n->process->signal(SIGCONT);
     n->expected.insert(0);
+    records_[n->record].term_us = now_us();
     n->process->signal(SIGTERM);
     n->restart_at = Clock::time_point::max() - 1h;  // never restarted (poll() restarts nodes whose time came)
     set_state(*n, State::stopping);

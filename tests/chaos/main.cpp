@@ -39,7 +39,7 @@ struct Options {
   int seconds = 75;
   std::uint64_t seed = 1;
   int silos = 4;
-  int grains = 64;
+  int grains = 128;
   std::string pg_outage = "auto";
   std::string out;
   std::int64_t max_kill_recovery_ms = 0;
@@ -139,6 +139,11 @@ int main(int argc, char** argv) {
 
   const std::string out = opt.out.empty() ? "/tmp/silo-chaos-" + std::to_string(::getpid()) : opt.out;
   fs::create_directories(out);
+  // A previous run's files would mix with this one's (the names repeat): remove those, and only those.
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    if (name == "report.txt" || (name.starts_with("silo-") && name.ends_with(".log"))) fs::remove(e.path());
+  }
   const auto t0 = Clock::now();
   const std::string cluster_id = "chaos-" + std::to_string(::getpid()) + "-" +
                                  std::to_string(std::chrono::system_clock::now().time_since_epoch().count());

@@ -62,6 +62,7 @@ struct ProcessRecord {
   std::string log_file;          // its log, kept in the output directory
   std::string log_tail;          // last lines, for the report when it crashed
   std::string note;              // e.g. a graceful stop that needed SIGKILL
+  std::int64_t term_us = -1;     // when we sent SIGTERM, if we did
 };
 
 /// What the run was asked to do, printed at the top of the report.
@@ -70,9 +71,10 @@ struct RunInfo {
   int seconds = 0;
   int silos = 0;
   int grains = 0;
-  std::string pg_outage;                  // "yes" or why not
-  std::int64_t max_kill_recovery_ms = 0;  // 0: reported only
-  bool reformed = true;                   // every silo came back and saw all the others after the faults
+  std::string pg_outage;                     // "yes" or why not
+  std::int64_t max_kill_recovery_ms = 0;     // 0: reported only
+  std::int64_t shutdown_timeout_ms = 10000;  // silo.shutdown_timeout of the silods
+  bool reformed = true;                      // every silo came back and saw all the others after the faults
 };
 
 }  // namespace silo::chaos

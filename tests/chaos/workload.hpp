@@ -26,7 +26,7 @@ namespace silo::chaos {
 struct WorkloadOptions {
   std::vector<std::string> gateways;
   const std::atomic<bool>* serving = nullptr;  // per gateway: take calls now (the cluster's view)
-  int grains = 64;
+  int grains = 128;
   std::uint64_t seed = 1;
   std::chrono::steady_clock::time_point t0;
   std::chrono::milliseconds timeout{3000};                   // per call: what a caller would wait
