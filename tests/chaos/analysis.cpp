@@ -172,6 +172,26 @@ Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std
     }
   }
 
+  // A silo frozen until the others declared it dead (it exits 3 once it runs again and reads so) must not
+  // answer anything after SIGCONT: its grains may already live elsewhere.
+  Examples zombies;
+  for (const auto& f : faults) {
+    if (f.kind != "sigstop" || f.pids.empty()) continue;
+    const std::int64_t resumed = f.at_us + f.duration_us;
+    const auto p = std::find_if(processes.begin(), processes.end(),
+                                [&](const ProcessRecord& r) { return r.pid == f.pids[0]; });
+    if (p == processes.end() || p->exit_code != 3) continue;
+    for (const auto& g : logs) {
+      for (const auto& s : g.samples) {
+        if (s.ok && s.pid == p->pid && s.sent_us >= resumed) {
+          zombies.add(g.key + ": " + (s.op == Op::read ? "read " : "write ") + std::to_string(s.result) +
+                      " " + at(s.sent_us) + " via gateway of node " + std::to_string(s.gateway) + " by " +
+                      who(s.pid) + " (SIGCONT " + at(resumed) + ", exit 3 " + at(p->ended_us) + ")");
+        }
+      }
+    }
+  }
+
   // Crashes and starts that never became ready.
   Examples crashes;
   for (const auto& p : processes) {
@@ -238,8 +258,11 @@ Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std
       victims += (i ? "+" : "") + f.victims[i];
     rec << "  " << at(f.at_us) << " " << f.kind << " " << victims;
     if (f.duration_us > 0) rec << " (" << secs(f.duration_us) << ")";
-    rec << ": " << times.size() << " grains answered again, p50 " << ms(percentile(times, 0.5)) << ", p100 "
-        << ms(percentile(times, 1.0));
+    if (times.empty() && missing == 0)
+      rec << ": no grain had answered from it last";
+    else
+      rec << ": " << times.size() << " grains answered again, p50 " << ms(percentile(times, 0.5)) << ", p100 "
+          << ms(percentile(times, 1.0));
     if (missing) rec << "; " << missing << " NEVER answered again";
     rec << "\n";
   }
@@ -262,6 +285,7 @@ Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std
   if (back.count) v.broken.push_back(std::to_string(back.count) + " reads going back");
   if (impossible.count) v.broken.push_back(std::to_string(impossible.count) + " impossible values");
   if (dups.count) v.broken.push_back(std::to_string(dups.count) + " duplicate-activation windows");
+  if (zombies.count) v.broken.push_back(std::to_string(zombies.count) + " answers from silos declared dead");
   if (crashes.count) v.broken.push_back(std::to_string(crashes.count) + " crashed or never-ready silods");
   if (!run.reformed) v.broken.push_back("the cluster did not form again within 60 s of the last fault");
   if (not_answering.count)
@@ -301,6 +325,8 @@ Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std
   out << "duplicate-activation windows: " << dups.count << " on " << dup_grains.size() << " grains (longest ~"
       << ms(longest_dup) << ")\n";
   dups.print(out);
+  out << "answers from silos declared dead (after SIGCONT, before their exit 3): " << zombies.count << "\n";
+  zombies.print(out);
   out << "crashed silods: " << crashes.count << "\n";
   crashes.print(out);
   out << "grains not answering at the end: " << not_answering.count << "\n";

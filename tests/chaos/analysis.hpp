@@ -14,6 +14,8 @@
 //   grain are sequential when single activation holds, and the calls are sequential, so the answers of
 //   each activation must form one contiguous run; interleaved runs prove both were alive at once. The
 //   window is estimated from the midpoints of the first and last calls each answered;
+// - answer from a silo declared dead: a successful call sent to a silo after SIGCONT ended a freeze that
+//   outlasted the failure detector (the silo then exits 3: it was declared dead while frozen);
 // - crash: a silod exit we did not cause (model.hpp ProcessRecord::unexpected), or a start that never
 //   became ready;
 // - not answering at the end: a grain the final check could not read through every gateway.

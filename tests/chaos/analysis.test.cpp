@@ -195,3 +195,31 @@ TEST_CASE("chaos analysis: a grain the final check could not read fails the run"
   t.write(1, 0xA, 100, 0).call(Op::read, false, 0, 0, 0, 0, Phase::final_check);
   CHECK(mentions(verdict(t), "not answering"));
 }
+
+TEST_CASE("chaos analysis: a silo declared dead while frozen must not answer after SIGCONT", "[chaos]") {
+  Fault f;
+  f.kind = "sigstop";
+  f.at_us = 2 * kS;
+  f.duration_us = 2 * kS;  // SIGCONT at +4 s
+  f.victims = {"silo-1"};
+  f.pids = {100};
+  auto processes = silos();
+  processes[0].exit_code = 3;  // it read itself dead after SIGCONT
+  processes[0].expected = "3";
+  processes[0].ended_us = 6 * kS;
+
+  Timeline t;
+  t.write(1, 0xA, 100, 0).wait(2 * kS).write(2, 0xB, 200, 1).wait(kS);  // +3.1 s: B elsewhere
+  t.read(1, 0xA, 100);                                                  // +4.2 s: the frozen silo answers
+  t.final_read(2, 0xB, 200);
+  const Verdict v = verdict(t, {f}, processes);
+  INFO(v.report);
+  CHECK(mentions(v, "1 answers from silos declared dead"));
+
+  // Not declared dead (it kept running): answering after SIGCONT is fine.
+  processes[0].exit_code = 0;
+  processes[0].expected = "0";
+  Timeline ok;
+  ok.write(1, 0xA, 100, 0).wait(3 * kS).read(1, 0xA, 100).final_read(1, 0xA, 100);
+  CHECK(verdict(ok, {f}, processes).broken.empty());
+}
