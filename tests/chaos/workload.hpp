@@ -64,6 +64,10 @@ class Workload {
   std::int64_t now_us() const;
 
   WorkloadOptions options_;
+  // Before the clients: they are destroyed first, while the io_context their completions are posted to
+  // (stopped by then) still exists.
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{io_.get_executor()};
   std::vector<std::unique_ptr<silo::Client>> clients_;
   std::vector<GrainLog> logs_;
   std::vector<std::int64_t> acked_;  // per grain, for the live counters
@@ -71,8 +75,6 @@ class Workload {
   std::atomic<Phase> phase_{Phase::chaos};
   std::atomic<bool> stopping_{false};
   std::atomic<int> running_{0};
-  boost::asio::io_context io_;
-  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{io_.get_executor()};
   std::thread thread_;
 };
 
