@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
@@ -357,6 +358,21 @@ Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std
   out << "\n";
   v.report = out.str();
   return v;
+}
+
+void write_timeline(const std::string& path, const std::vector<GrainLog>& logs) {
+  std::ofstream out(path, std::ios::trunc);
+  out << "grain,op,phase,gateway,seq,sent_us,done_us,ok,code,result,previous,activation,pid\n";
+  static const char* phases[] = {"chaos", "settle", "final"};
+  for (const auto& g : logs) {
+    for (const auto& s : g.samples) {
+      out << g.key << "," << (s.op == Op::write ? "write" : "read") << ","
+          << phases[static_cast<int>(s.phase)] << "," << s.gateway << "," << s.seq << "," << s.sent_us << ","
+          << s.done_us << "," << s.ok << ","
+          << (s.ok ? "" : std::string(to_string(static_cast<StatusCode>(s.code)))) << "," << s.result << ","
+          << s.previous << "," << (s.ok ? hex(s.activation) : "") << "," << s.pid << "\n";
+    }
+  }
 }
 
 }  // namespace silo::chaos

@@ -37,4 +37,8 @@ struct Verdict {
 Verdict analyze(const RunInfo& run, const std::vector<GrainLog>& logs, const std::vector<Fault>& faults,
                 const std::vector<ProcessRecord>& processes, std::int64_t chaos_end_us);
 
+/// Every call of every grain as CSV (grain, op, phase, gateway, seq, sent_us, done_us, ok, code, result,
+/// previous, activation, pid), for post-mortems: grep one grain to see its whole story.
+void write_timeline(const std::string& path, const std::vector<GrainLog>& logs);
+
 }  // namespace silo::chaos

@@ -142,7 +142,9 @@ int main(int argc, char** argv) {
   // A previous run's files would mix with this one's (the names repeat): remove those, and only those.
   for (const auto& e : fs::directory_iterator(out)) {
     const std::string name = e.path().filename().string();
-    if (name == "report.txt" || (name.starts_with("silo-") && name.ends_with(".log"))) fs::remove(e.path());
+    if (name == "report.txt" || name == "timeline.csv" ||
+        (name.starts_with("silo-") && name.ends_with(".log")))
+      fs::remove(e.path());
   }
   const auto t0 = Clock::now();
   const std::string cluster_id = "chaos-" + std::to_string(::getpid()) + "-" +
@@ -290,6 +292,7 @@ int main(int argc, char** argv) {
   const chaos::Verdict v = chaos::analyze(run, workload.logs(), faults, cluster.records(), chaos_end_us);
   std::cout << v.report << std::flush;
   silo::test::write_file((fs::path(out) / "report.txt").string(), v.report);
+  chaos::write_timeline((fs::path(out) / "timeline.csv").string(), workload.logs());
   std::cout << "report and silod logs: " << out << std::endl;
   return v.broken.empty() ? 0 : 1;
 }
