@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
     --silos|--grains|--max-kill-recovery-ms|--pg-outage) extra+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "tests/chaos/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
