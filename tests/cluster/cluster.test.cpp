@@ -605,7 +605,8 @@ TEST_CASE("a SIGSTOPped silo is declared dead and exits with code 3 after SIGCON
 
 // ---- PostgreSQL outage -----------------------------------------------------------------------------------
 
-TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resumes after", "[cluster]") {
+TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resumes after",
+          "[cluster][pg_outage]") {
   Cluster cluster("pgdown");
   silo::test::PgServer pg;
   if (!pg.found()) {

@@ -404,7 +404,7 @@ TEST_CASE("state survives deactivation, a graceful restart and kill -9 of its si
 }
 
 TEST_CASE("PostgreSQL stopped during writes: UNAVAILABLE, silod keeps running, writes resume",
-          "[cluster][durable]") {
+          "[cluster][durable][pg_outage]") {
   require_postgres();
   silo::test::PgServer pg;
   REQUIRE(pg.found());

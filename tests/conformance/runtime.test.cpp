@@ -186,7 +186,7 @@ TEST_CASE("idle activations are collected after collection_age", "[conformance]"
   CHECK(silo.probe("activations:test.Recorder/idle") == 2);
 }
 
-TEST_CASE("an exception reaches the caller with its status and message; the activation keeps serving",
+TEST_CASE("an exception reaches the caller with its status and message, and the activation keeps serving",
           "[conformance]") {
   Silo silo;
   auto fail = [&](int code, const std::string& message, bool std_exception) {
@@ -324,7 +324,7 @@ TEST_CASE("call_chain_reentrancy lets a call that comes back along its chain run
   CHECK(r.visited(2) == "a");
 }
 
-TEST_CASE("a turn that blocks its worker is reported with grain id and method; one that only awaits is not",
+TEST_CASE("a turn that blocks its worker is reported with grain id and method, one that only awaits is not",
           "[conformance]") {
   silo::runtime::RuntimeOptions options;
   options.turn_warning = 100ms;
