@@ -2,11 +2,13 @@
 // PostgreSQL for the tests that need one: they run under pg_virtualenv (tests/run.sh does), fail clearly
 // without it, and the outage tests stop and start its server.
 
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <string>
 
@@ -72,26 +74,42 @@ class PgServer {
     }
     const char* port = std::getenv("PGPORT");
     if (!port || !*port) return "PGPORT is unset: run under pg_virtualenv";
-    std::string found_version, found_name;
+    // pg_lsclusters' Status column is not used: it comes from the external pid file
+    // /var/run/postgresql/VERSION-regress.pid, which every pg_virtualenv -t cluster on the machine shares
+    // (they are all VERSION/regress) and which pg_ctlcluster deletes when any of them stops. Whether our
+    // server runs is read from its own data directory instead.
+    std::string found_version, found_name, found_data;
     std::istringstream lines(run("pg_lsclusters --no-header"));
     for (std::string line; std::getline(lines, line);) {
       std::istringstream fields(line);  // Ver Cluster Port Status Owner Data-directory Log-file
-      std::string version, name, cluster_port, status;
-      fields >> version >> name >> cluster_port >> status;
-      if (cluster_port == port && status.starts_with("online")) {
+      std::string version, name, cluster_port, status, owner, data;
+      fields >> version >> name >> cluster_port >> status >> owner >> data;
+      if (cluster_port == port) {
         found_version = version;
         found_name = name;
+        found_data = data;
       }
     }
     if (found_name.empty())
-      return std::string("pg_lsclusters lists no online cluster on PGPORT=") + port +
-             ": run under pg_virtualenv";
+      return std::string("pg_lsclusters lists no cluster on PGPORT=") + port + ": run under pg_virtualenv";
+    const std::string cluster = found_version + " " + found_name;
     const char* root = std::getenv("PG_CLUSTER_CONF_ROOT");
     const std::string conf_root = root && *root ? root : "/etc/postgresql";
     const std::string marker = conf_root + "/" + found_version + "/" + found_name + "/.by_pg_virtualenv";
     if (found_name != "regress" || !std::filesystem::exists(marker)) {
-      return "the cluster on PGPORT=" + std::string(port) + " (" + found_version + " " + found_name +
+      return "the cluster on PGPORT=" + std::string(port) + " (" + cluster +
              ") is not a throwaway cluster of pg_virtualenv (no " + marker + "): run under pg_virtualenv -t";
+    }
+    // postmaster.pid: pid, data directory, start time, port, ...
+    std::ifstream pid_file(found_data + "/postmaster.pid");
+    std::string pid, data, started, pid_port;
+    std::getline(pid_file, pid);
+    std::getline(pid_file, data);
+    std::getline(pid_file, started);
+    std::getline(pid_file, pid_port);
+    if (pid.empty() || ::kill(std::stoi(pid), 0) != 0 || pid_port != port) {
+      return "cluster " + cluster + " (" + found_data + ") is not running on PGPORT=" + port +
+             " (postmaster.pid: pid '" + pid + "', port '" + pid_port + "')";
     }
     id_ = found_version + " " + found_name;
     return "";
