@@ -1,7 +1,7 @@
 // Catch2's main for every test executable, plus a tally of the test cases each run really executed.
 //
 // ctest sees one process per test case and only its exit code; a run that executed nothing looks the
-// same as one that passed (three tests once "passed" that way for months: their names held a ';' and
+// same as one that passed (three tests once "passed" that way without running: their names held a ';' and
 // catch_discover_tests split each into two filters that matched nothing). tests/CMakeLists.txt passes
 // `--warn NoTests` so such a run fails, and this listener appends one line per process to the file named
 // by SILO_TEST_TALLY, which tests/run.sh sums into the number of test cases that actually ran.
