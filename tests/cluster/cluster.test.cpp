@@ -139,8 +139,8 @@ struct Node {
   int gateway_port = 0;
   std::unique_ptr<SilodProcess> process;
 
-  std::string address() const { return "127.0.0.1:" + std::to_string(silo_port); }
-  std::string gateway() const { return "127.0.0.1:" + std::to_string(gateway_port); }
+  std::string address() const { return silo::test::loopback_host() + ":" + std::to_string(silo_port); }
+  std::string gateway() const { return silo::test::loopback_host() + ":" + std::to_string(gateway_port); }
   bool running() const { return process && process->running(); }
 };
 
@@ -740,7 +740,8 @@ TEST_CASE("a SIGSTOPped silo is declared dead and exits with code 3 after SIGCON
 
 // ---- PostgreSQL outage -----------------------------------------------------------------------------------
 
-TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resumes after", "[cluster]") {
+TEST_CASE("PostgreSQL down for 30 s: the cluster keeps serving, membership resumes after",
+          "[cluster][pg_outage]") {
   Cluster cluster("pgdown");
   silo::test::PgServer pg;
   if (!pg.found()) {

@@ -113,7 +113,7 @@ struct Node {
       << "  id: " << yaml_quote(cluster_id) << "\n"
       << "silo:\n"
       << "  name: " << yaml_quote(name) << "\n"
-      << "  listen: 127.0.0.1:" << silo_port << "\n"
+      << "  listen: " << silo::test::loopback_host() << ":" << silo_port << "\n"
       << "  threads: 2\n"
       << "  shutdown_timeout: 10s\n"
       << "gateway:\n"
@@ -140,7 +140,7 @@ struct Node {
     yaml = y.str();
   }
 
-  std::string gateway() const { return "127.0.0.1:" + std::to_string(gateway_port); }
+  std::string gateway() const { return silo::test::loopback_host() + ":" + std::to_string(gateway_port); }
   bool running() const { return process && process->running(); }
   std::string log() const { return process ? process->log() : std::string(); }
 
@@ -458,7 +458,7 @@ TEST_CASE("state survives deactivation, a graceful restart and kill -9 of its si
 }
 
 TEST_CASE("PostgreSQL stopped during writes: UNAVAILABLE, silod keeps running, writes resume",
-          "[cluster][durable]") {
+          "[cluster][durable][pg_outage]") {
   require_postgres();
   silo::test::PgServer pg;
   REQUIRE(pg.found());

@@ -35,7 +35,7 @@ TEST_CASE("a plugin registers its grain types", "[conformance][plugins]") {
   CHECK(conformance::logged("plugins: loaded 'testgrains'"));
 }
 
-TEST_CASE("a plugin with a wrong ABI record is refused before its code runs; the others load",
+TEST_CASE("a plugin with a wrong ABI record is refused before its code runs, and the others load",
           "[conformance][plugins]") {
   conformance::capture_logs();
   // wrongabi.so aborts the process from a static initialiser when this is set and it gets loaded.

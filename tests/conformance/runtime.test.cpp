@@ -16,6 +16,20 @@ using Clock = std::chrono::steady_clock;
 std::int64_t ms_since(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t).count();
 }
+
+// Waits until a turn of Recorder `key` has started (max_active counts turns begun; Stats always interleaves,
+// so it answers while that turn runs). An event to wait for, instead of a sleep that guesses how long the
+// activation and the start of the turn take on a loaded machine.
+bool turn_started(Silo& silo, const std::string& key) {
+  return Silo::eventually(
+      [&] {
+        return silo.run([&](Caller& c) -> silo::Task<test::StatsReply> {
+                     co_return co_await test::RecorderRef(&c, key).Stats(test::Empty{});
+                   })
+                   .max_active() >= 1;
+      },
+      std::chrono::seconds(10));
+}
 }  // namespace
 
 TEST_CASE("the first call activates the grain, on_activate runs before any method", "[conformance]") {
@@ -145,16 +159,17 @@ TEST_CASE("read_only methods interleave with each other but never with writers",
 
 TEST_CASE("always_interleave methods run while another turn is in progress", "[conformance]") {
   Silo silo;
+  // The slow turn only has to outlast the two calls below: 2 s is ample even on a loaded machine, and no
+  // assertion depends on how long they take.
   auto slow = silo.spawn([](Caller& c) -> silo::Task<test::WorkReply> {
-    co_return co_await test::RecorderRef(&c, "ai").Work(work(300));
+    co_return co_await test::RecorderRef(&c, "ai").Work(work(2000));
   });
-  std::this_thread::sleep_for(100ms);  // let the slow turn start (activation takes ~20 ms)
-  const auto start = Clock::now();
+  REQUIRE(turn_started(silo, "ai"));
   const auto r = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
     co_return co_await test::RecorderRef(&c, "ai").Interleaved(work(0));
   });
-  CHECK(r.max_active() == 1);    // the slow turn was in progress
-  CHECK(ms_since(start) < 200);  // and this call did not wait for it
+  CHECK(r.max_active() == 1);                                // the slow turn was in progress
+  CHECK(slow.wait_for(0ms) == std::future_status::timeout);  // and this call did not wait for it
   slow.get();
 }
 
@@ -227,7 +242,7 @@ TEST_CASE("idle activations are collected after collection_age", "[conformance]"
   CHECK(silo.probe("activations:test.Recorder/idle") == 2);
 }
 
-TEST_CASE("an exception reaches the caller with its status and message; the activation keeps serving",
+TEST_CASE("an exception reaches the caller with its status and message, and the activation keeps serving",
           "[conformance]") {
   Silo silo;
   auto fail = [&](int code, const std::string& message, bool std_exception) {
@@ -288,28 +303,33 @@ TEST_CASE("a failing on_activate fails the waiting calls and the silo keeps serv
 TEST_CASE("a call without an answer in time fails with DEADLINE_EXCEEDED and is not resent",
           "[conformance]") {
   Silo silo;
+  // The turns take 2 s, so a caller that waited for the reply instead of its deadline would see >= 2 s. The
+  // upper bounds (1.2 s on 100-200 ms deadlines) leave a loaded machine 1 s of scheduling delay and still
+  // tell the two apart; the lower bound is exact (a deadline never fires early).
   auto start = Clock::now();
   // The method's own timeout option (200ms).
   const auto e = conformance::expect_error([&] {
-    silo.run([](Caller& c) -> silo::Task<void> { co_await test::TimeoutsRef(&c, "t").Slow(work(600)); });
+    silo.run([](Caller& c) -> silo::Task<void> { co_await test::TimeoutsRef(&c, "t").Slow(work(2000)); });
   });
   CHECK(e.code() == StatusCode::deadline_exceeded);
   CHECK(ms_since(start) >= 190);
-  CHECK(ms_since(start) < 550);
+  CHECK(ms_since(start) < 1200);
   // CallOptions override it.
   start = Clock::now();
   const auto e2 = conformance::expect_error([&] {
     silo.run([](Caller& c) -> silo::Task<void> {
-      co_await test::RecorderRef(&c, "t2").Work(work(400), silo::CallOptions{.timeout = 100ms});
+      co_await test::RecorderRef(&c, "t2").Work(work(2000), silo::CallOptions{.timeout = 100ms});
     });
   });
   CHECK(e2.code() == StatusCode::deadline_exceeded);
-  CHECK(ms_since(start) < 350);
-  std::this_thread::sleep_for(700ms);  // the slow turn finishes in the grain meanwhile
+  CHECK(ms_since(start) >= 90);
+  CHECK(ms_since(start) < 1200);
+  // A call with time to wait behind the slow turn (no sleep guessing when that turn ends) counts the turns:
+  // the timed-out call ran exactly once, never resent.
   const auto r = silo.run([](Caller& c) -> silo::Task<test::WorkReply> {
-    co_return co_await test::TimeoutsRef(&c, "t").Slow(work(0));
+    co_return co_await test::TimeoutsRef(&c, "t").Slow(work(0), silo::CallOptions{.timeout = 10s});
   });
-  CHECK(r.calls() == 2);  // the timed-out call ran exactly once: never resent
+  CHECK(r.calls() == 2);
 }
 
 TEST_CASE("a call cycle among non-reentrant grains fails fast with an error naming the cycle",
@@ -327,7 +347,7 @@ TEST_CASE("a call cycle among non-reentrant grains fails fast with an error nami
   CHECK(e.code() == StatusCode::aborted);
   CHECK_THAT(std::string(e.what()),
              Catch::Contains("deadlock: call cycle test.Cycle/a -> test.Cycle/b -> test.Cycle/a"));
-  CHECK(ms_since(start) < 1000);  // detected, not timed out
+  CHECK(ms_since(start) < 5000);  // detected, not timed out (the call timeout is 30 s; margin for load)
   CHECK(conformance::logged("deadlock refused"));
   // A longer cycle, and a self-call.
   const auto e3 = conformance::expect_error([&] {
@@ -365,13 +385,15 @@ TEST_CASE("call_chain_reentrancy lets a call that comes back along its chain run
   CHECK(r.visited(2) == "a");
 }
 
-TEST_CASE("a turn that blocks its worker is reported with grain id and method; one that only awaits is not",
+TEST_CASE("a turn that blocks its worker is reported with grain id and method, one that only awaits is not",
           "[conformance]") {
   silo::runtime::RuntimeOptions options;
   options.turn_warning = 100ms;
   Silo silo(options);
+  // Blocked for 1 s, ten times the warning: the watchdog thread has 900 ms to notice even when the machine
+  // is loaded.
   silo.run(
-      [](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "slowpoke").Work(work(0, 300)); });
+      [](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "slowpoke").Work(work(0, 1000)); });
   CHECK(conformance::logged("has been blocked for"));
   CHECK(conformance::logged("grain test.Recorder/slowpoke: turn test.Recorder/slowpoke.Work blocked worker"));
   // 400 ms of awaiting (other grains, storage, timers) blocks nobody: no warning.
@@ -397,17 +419,20 @@ TEST_CASE("stopping the runtime deactivates every activation", "[conformance]") 
 
 TEST_CASE("calls during shutdown that need a new activation fail with UNAVAILABLE", "[conformance]") {
   Silo silo;
+  // The busy turn keeps the shutdown draining while the latecomer calls; 2 s is ample even on a loaded
+  // machine, and the order of events is waited for, not slept for.
   auto busy = silo.spawn([](Caller& c) -> silo::Task<test::WorkReply> {
-    co_return co_await test::RecorderRef(&c, "busy").Work(work(300));
+    co_return co_await test::RecorderRef(&c, "busy").Work(work(2000));
   });
-  std::this_thread::sleep_for(50ms);
-  std::thread stopper([&] { silo.rt->stop(Clock::now() + 5s); });
-  std::this_thread::sleep_for(50ms);
+  REQUIRE(turn_started(silo, "busy"));
+  std::thread stopper([&] { silo.rt->stop(Clock::now() + 10s); });
+  REQUIRE(Silo::eventually([&] { return silo.rt->stopping(); }));
   const auto e = conformance::expect_error([&] {
     silo.run(
         [](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "latecomer").Work(work(0)); });
   });
   CHECK(e.code() == StatusCode::unavailable);
-  CHECK(busy.get().calls() == 1);  // the call in flight finished
+  CHECK(busy.wait_for(0ms) == std::future_status::timeout);  // refused while the shutdown still drained
+  CHECK(busy.get().calls() == 1);                            // the call in flight finished
   stopper.join();
 }

@@ -55,7 +55,7 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-// "127.0.0.1:PORT" of the gateway.listen line of a silod_config() text.
+// "HOST:PORT" of the gateway.listen line of a silod_config() text.
 std::string gateway_address(const std::string& config) {
   const auto section = config.find("\ngateway:\n");
   REQUIRE(section != std::string::npos);
@@ -783,7 +783,7 @@ TEST_CASE("C++ client: failover to the next gateway", "[integration][gateway]") 
 
   SECTION("the first gateway of the list is not listening") {
     Silo b = start_silo("failover-live");
-    const std::string dead = "127.0.0.1:" + std::to_string(silo::test::free_port());
+    const std::string dead = silo::test::loopback_host() + ":" + std::to_string(silo::test::free_port());
     silo::Client client = make_client({dead, b.gateway});
     auto t = client.ref<iot::ThermostatRef>("fo-2");
     // Never delivered, so resent to the next gateway: the very first call succeeds.

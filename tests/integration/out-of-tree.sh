@@ -18,18 +18,23 @@ cmake -S "$src/examples/hello-plugin" -B "$work/plugin" -G Ninja -DCMAKE_PREFIX_
 cmake --build "$work/plugin" >/dev/null
 test -f "$work/plugin/plugins/hello.so" || { echo "out-of-tree: hello.so was not built"; exit 1; }
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-gateway_port=$(port)
+# A loopback address of this script's own (127.64.0.0 + its pid, as tests/integration/process.cpp does), so
+# no test running in parallel binds there, and two distinct free ports on it (both held while they are read).
+host="127.$((64 + ($$ >> 16 & 63))).$(($$ >> 8 & 255)).$(($$ & 255))"
+read -r silo_port gateway_port < <(python3 -c 'import socket, sys
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind((sys.argv[1], 0))
+print(*(x.getsockname()[1] for x in s))' "$host")
 cat >"$work/silod.yaml" <<YAML
-silo: { listen: "127.0.0.1:$(port)" }
-gateway: { listen: "127.0.0.1:$gateway_port" }
+silo: { listen: "$host:$silo_port" }
+gateway: { listen: "$host:$gateway_port" }
 plugins: { dir: "$work/plugin/plugins", load: [hello], required: true }
 YAML
 "$work/prefix/bin/silod" --config "$work/silod.yaml" >"$work/silod.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do grep -q "silod ready" "$work/silod.log" && break; sleep 0.1; done
 grep -q "silod ready" "$work/silod.log" || { cat "$work/silod.log"; echo "out-of-tree: silod not ready"; exit 1; }
-out=$("$work/prefix/bin/siloctl" --gateway "127.0.0.1:$gateway_port" call hello.Greeter world Greet '{"name": "silo"}')
+out=$("$work/prefix/bin/siloctl" --gateway "$host:$gateway_port" call hello.Greeter world Greet '{"name": "silo"}')
 echo "$out"
 grep -q '"text": "hello silo from world"' <<<"$out" || { echo "out-of-tree: unexpected answer"; exit 1; }
 kill -TERM "$pid"

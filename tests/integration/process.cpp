@@ -18,6 +18,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <mutex>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -201,10 +203,25 @@ bool wait_until(const std::function<bool()>& cond, milliseconds timeout) {
 
 // ---- ports and configuration -------------------------------------------------------------------------
 
-int free_port(const char* host) {
+const std::string& loopback_host() {
+  // 127.64.0.0/10 holds every pid (the kernel's PID_MAX_LIMIT is 2^22) and avoids the addresses others use
+  // (127.0.0.1, Debian's 127.0.1.1, systemd-resolved's 127.0.0.53) and lo's broadcast 127.255.255.255.
+  static const std::string host = [] {
+    const auto pid = static_cast<unsigned>(::getpid()) & 0x3fffff;
+    return "127." + std::to_string(64 + (pid >> 16)) + "." + std::to_string((pid >> 8) & 0xff) + "." +
+           std::to_string(pid & 0xff);
+  }();
+  return host;
+}
+
+namespace {
+std::mutex ports_mutex;
+std::set<std::pair<std::string, int>> ports_handed_out;
+}  // namespace
+
+int free_port(const std::string& host_name) {
+  const char* host = host_name.c_str();
   const bool v6 = std::strchr(host, ':') != nullptr;
-  Fd fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (fd.get() < 0) fail_errno("socket");
   sockaddr_storage ss{};
   socklen_t len;
   if (v6) {
@@ -220,10 +237,23 @@ int free_port(const char* host) {
       throw std::invalid_argument(std::string("bad host ") + host);
     len = sizeof(sockaddr_in);
   }
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) fail_errno(std::string("bind ") + host);
-  if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0) fail_errno("getsockname");
-  return ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
-                  : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  // Ports handed out earlier may be unbound right now (their silod not started yet, or stopped for a
+  // restart): the kernel could offer them again, so ask until it offers a new one.
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    Fd fd(::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) fail_errno("socket");
+    sockaddr_storage bound = ss;
+    socklen_t bound_len = len;
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&bound), bound_len) != 0)
+      fail_errno(std::string("bind ") + host);
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_len) != 0)
+      fail_errno("getsockname");
+    const int port = ntohs(v6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                              : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    std::lock_guard lock(ports_mutex);
+    if (ports_handed_out.emplace(host_name, port).second) return port;
+  }
+  throw std::runtime_error("free_port: no new port on " + host_name + " after 1000 attempts");
 }
 
 std::string yaml_quote(const std::string& text) {
@@ -254,19 +284,17 @@ std::string yaml_quote(const std::string& text) {
 
 std::string silod_config(const SilodConfig& c) {
   const int silo_port = free_port();
-  int gateway_port = free_port();
-  while (gateway_port == silo_port)
-    gateway_port = free_port();
+  const int gateway_port = free_port();
   std::ostringstream y;
   y << "cluster:\n"
     << "  id: " << yaml_quote(c.cluster_id) << "\n"
     << "silo:\n"
     << "  name: " << yaml_quote(c.silo_name) << "\n"
-    << "  listen: 127.0.0.1:" << silo_port << "\n"
+    << "  listen: " << loopback_host() << ":" << silo_port << "\n"
     << "  threads: " << c.threads << "\n"
     << "  shutdown_timeout: " << c.shutdown_timeout << "\n"
     << "gateway:\n"
-    << "  listen: 127.0.0.1:" << gateway_port << "\n"
+    << "  listen: " << loopback_host() << ":" << gateway_port << "\n"
     << "plugins:\n"
     << "  dir: " << yaml_quote(c.plugins_dir.empty() ? "plugins" : c.plugins_dir) << "\n"
     << "  load: [";

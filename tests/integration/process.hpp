@@ -38,8 +38,16 @@ void write_file(const std::string& path, const std::string& text);
 /// The whole content of `path`; empty if it does not exist.
 std::string read_file(const std::string& path);
 
-/// A TCP port that was free a moment ago on `host` (bind port 0, read it back, close).
-int free_port(const char* host = "127.0.0.1");
+/// The loopback address of this test process: 127.64.0.0 + its pid (pids fit in 22 bits), so that no two
+/// test processes running at once (`ctest -j`) share an address. Outgoing loopback connections take their
+/// source address from 127.0.0.1 (the route's `src`), so nothing but this process's own silods binds here.
+const std::string& loopback_host();
+
+/// A TCP port that was free a moment ago on `host` (bind port 0, read it back, close), and never handed out
+/// before by this process. On loopback_host() that makes it a reservation without a race: only this
+/// process's silods bind there, each on ports it was handed, so a port stays free until its silod binds it,
+/// and a silod restarted on its old ports can only collide with its own previous incarnation.
+int free_port(const std::string& host = loopback_host());
 
 /// Quotes `text` as a YAML double-quoted scalar, with "$" doubled for silod's ${VAR} expansion.
 std::string yaml_quote(const std::string& text);
@@ -59,7 +67,7 @@ struct SilodConfig {
 };
 
 /// A minimal valid silod YAML configuration: silo.listen and gateway.listen on fresh free ports of
-/// 127.0.0.1, and the plugins and logging settings of `c`.
+/// loopback_host(), and the plugins and logging settings of `c`.
 std::string silod_config(const SilodConfig& c);
 /// Shorthand for the common case.
 std::string silod_config(const std::string& plugins_dir, const std::vector<std::string>& load,

@@ -280,7 +280,7 @@ TEST_CASE("start() fails clearly when PostgreSQL is unreachable", "[storage][pos
 }
 
 TEST_CASE("PostgreSQL outage: operations fail with UNAVAILABLE, nothing hangs, writes resume after restart",
-          "[storage][postgres]") {
+          "[storage][postgres][pg_outage]") {
   storage_test::require_postgres();
   silo::test::PgServer cluster;
   REQUIRE(cluster.found());  // pg_virtualenv's cluster on PGPORT, for pg_ctlcluster
