@@ -75,11 +75,11 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
       << "  id: " << yaml_quote(options_.cluster_id) << "\n"
       << "silo:\n"
       << "  name: " << yaml_quote(n->name) << "\n"
-      << "  listen: 127.0.0.1:" << n->silo_port << "\n"
+      << "  listen: " << silo::test::loopback_host() << ":" << n->silo_port << "\n"
       << "  threads: 2\n"
       << "  shutdown_timeout: 10s\n"
       << "gateway:\n"
-      << "  listen: 127.0.0.1:" << n->gateway_port << "\n"
+      << "  listen: " << silo::test::loopback_host() << ":" << n->gateway_port << "\n"
       << "membership:\n"
       << "  provider: postgres\n"  // dsn empty: the PG* environment
       << "storage:\n"
@@ -106,7 +106,7 @@ std::int64_t Cluster::now_us() const {
 std::vector<std::string> Cluster::gateways() const {
   std::vector<std::string> out;
   for (const auto& n : nodes_)
-    out.push_back("127.0.0.1:" + std::to_string(n->gateway_port));
+    out.push_back(silo::test::loopback_host() + ":" + std::to_string(n->gateway_port));
   return out;
 }
 

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -125,12 +126,20 @@ int main(int argc, char** argv) {
 
   // The outage stops the PostgreSQL server: only one pg_virtualenv made for this run (PG_CLUSTER_CONF_ROOT
   // is its private cluster directory), never a server someone else runs.
-  silo::test::PgServer pg;
-  const bool throwaway_pg = std::getenv("PG_CLUSTER_CONF_ROOT") != nullptr && pg.found();
+  std::optional<silo::test::PgServer> pg;
+  std::string pg_refusal = "PG_CLUSTER_CONF_ROOT is unset";
+  if (std::getenv("PG_CLUSTER_CONF_ROOT")) {
+    try {
+      pg.emplace();  // refuses (throws) unless PGPORT is pg_virtualenv's throwaway cluster
+    } catch (const std::exception& e) {
+      pg_refusal = e.what();
+    }
+  }
+  const bool throwaway_pg = pg && pg->found();
   std::string pg_outage = "yes";
   if (opt.pg_outage == "off") pg_outage = "no (--pg-outage off)";
   if (opt.pg_outage != "off" && !throwaway_pg) {
-    pg_outage = "no (PostgreSQL is not a pg_virtualenv cluster of this run)";
+    pg_outage = "no (PostgreSQL is not a pg_virtualenv cluster of this run: " + pg_refusal + ")";
     if (opt.pg_outage == "on") {
       std::cerr << "silo_chaos: --pg-outage on, but " << pg_outage << "\n";
       return 2;
@@ -197,11 +206,11 @@ int main(int argc, char** argv) {
       chaos::Fault f;
       f.kind = "pg-outage";
       f.at_us = std::chrono::duration_cast<std::chrono::microseconds>(now - t0).count();
-      std::cout << stamp(t0) << " fault: PostgreSQL down for " << pg_hold.count() << " ms (" << pg.describe()
+      std::cout << stamp(t0) << " fault: PostgreSQL down for " << pg_hold.count() << " ms (" << pg->describe()
                 << ")" << std::endl;
       cluster.hold_restarts(true);
-      if (!pg.stop()) {
-        std::cerr << "silo_chaos: cannot stop PostgreSQL: " << pg.last_output() << "\n";
+      if (!pg->stop()) {
+        std::cerr << "silo_chaos: cannot stop PostgreSQL: " << pg->last_output() << "\n";
         return 2;
       }
       const auto until = Clock::now() + pg_hold;
@@ -209,8 +218,8 @@ int main(int argc, char** argv) {
         cluster.poll();
         std::this_thread::sleep_for(20ms);
       }
-      if (!pg.start()) {
-        std::cerr << "silo_chaos: cannot start PostgreSQL again: " << pg.last_output() << "\n";
+      if (!pg->start()) {
+        std::cerr << "silo_chaos: cannot start PostgreSQL again: " << pg->last_output() << "\n";
         return 2;
       }
       cluster.hold_restarts(false);

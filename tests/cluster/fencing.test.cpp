@@ -3,8 +3,9 @@
 // serving before they may declare it dead, a SIGSTOPped silo serves nothing once resumed, a restarted silo
 // retires its earlier generations, and calls meant for another generation are refused, not run.
 //
-// Partitions come from TCP proxies: a silo listens on 127.0.0.N:P and advertises 127.0.0.1, where a
-// proxy listening on 127.0.0.1:P forwards to it, so its peers' traffic to it passes the proxy.
+// Partitions come from TCP proxies: a silo listens on hidden_loopback_host():P and advertises
+// loopback_host(), where a proxy listening on loopback_host():P forwards to it, so its peers' traffic to it
+// passes the proxy. (Both addresses belong to this test process alone: see process.hpp.)
 
 #include <unistd.h>
 
@@ -120,15 +121,15 @@ std::shared_ptr<grpc::Channel> channel_to(const std::string& address) {
 
 struct Node {
   std::string name;
-  std::string listen_host = "127.0.0.1";  // behind a proxy: 127.0.0.N, advertised as 127.0.0.1
+  std::string listen_host = silo::test::loopback_host();  // behind a proxy: the hidden address
   int silo_port = 0;
   int gateway_port = 0;
   std::unique_ptr<TcpProxy> proxy;  // in front of the silo port, when partitions are wanted
   std::unique_ptr<SilodProcess> process;
   std::int64_t generation = 0;
 
-  std::string address() const { return "127.0.0.1:" + std::to_string(silo_port); }
-  std::string gateway() const { return "127.0.0.1:" + std::to_string(gateway_port); }
+  std::string address() const { return silo::test::loopback_host() + ":" + std::to_string(silo_port); }
+  std::string gateway() const { return silo::test::loopback_host() + ":" + std::to_string(gateway_port); }
   bool running() const { return process && process->running(); }
 };
 
@@ -149,8 +150,9 @@ class Cluster {
     n->silo_port = silo::test::free_port();
     n->gateway_port = silo::test::free_port();
     if (proxied) {
-      n->listen_host = "127.0.0." + std::to_string(2 + nodes_.size());
-      n->proxy = std::make_unique<TcpProxy>("127.0.0.1", n->silo_port, n->listen_host, n->silo_port);
+      n->listen_host = silo::test::hidden_loopback_host();
+      n->proxy =
+          std::make_unique<TcpProxy>(silo::test::loopback_host(), n->silo_port, n->listen_host, n->silo_port);
     }
     nodes_.push_back(std::move(n));
     start(*nodes_.back());
@@ -209,7 +211,7 @@ class Cluster {
     std::ostringstream y;
     y << "cluster:\n  id: " << yaml_quote(id_) << "\n"
       << "silo:\n  name: " << yaml_quote(n.name) << "\n  listen: " << n.listen_host << ":" << n.silo_port
-      << "\n  advertise_host: 127.0.0.1\n  threads: 2\n  shutdown_timeout: 5s\n"
+      << "\n  advertise_host: " << silo::test::loopback_host() << "\n  threads: 2\n  shutdown_timeout: 5s\n"
       << "gateway:\n  listen: " << n.gateway() << "\n"
       << "membership:\n  provider: postgres\n"
       << extra_ << "plugins:\n  dir: " << yaml_quote(SILO_PLUGIN_DIR)

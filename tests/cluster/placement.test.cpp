@@ -70,8 +70,8 @@ struct Node {
   int silo_port = 0;
   int gateway_port = 0;
   std::unique_ptr<SilodProcess> process;
-  std::string address() const { return "127.0.0.1:" + std::to_string(silo_port); }
-  std::string gateway() const { return "127.0.0.1:" + std::to_string(gateway_port); }
+  std::string address() const { return silo::test::loopback_host() + ":" + std::to_string(silo_port); }
+  std::string gateway() const { return silo::test::loopback_host() + ":" + std::to_string(gateway_port); }
 };
 
 // Three silos with the sdkgrains plugin; loads are published every second (placement by activation count

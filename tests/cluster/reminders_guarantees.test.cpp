@@ -61,8 +61,8 @@ struct Node {
   Node(const std::string& cluster_id, const std::string& name, const std::string& plugins) {
     std::ostringstream y;
     y << "cluster:\n  id: " << yaml_quote(cluster_id) << "\n"
-      << "silo:\n  name: " << yaml_quote(name) << "\n  listen: 127.0.0.1:" << fresh_port()
-      << "\n  threads: 2\n  shutdown_timeout: 10s\n"
+      << "silo:\n  name: " << yaml_quote(name) << "\n  listen: " << silo::test::loopback_host() << ":"
+      << fresh_port() << "\n  threads: 2\n  shutdown_timeout: 10s\n"
       << "gateway:\n  listen: " << gateway() << "\n"
       << "membership:\n  provider: postgres\n"
       << "storage:\n  pg:\n    provider: postgres\n"
@@ -82,7 +82,7 @@ struct Node {
       process->wait_exit(20s);
     }
   }
-  std::string gateway() const { return "127.0.0.1:" + std::to_string(gateway_port); }
+  std::string gateway() const { return silo::test::loopback_host() + ":" + std::to_string(gateway_port); }
 };
 
 std::size_t active_silos(const std::string& gateway) {

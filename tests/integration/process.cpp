@@ -214,6 +214,15 @@ const std::string& loopback_host() {
   return host;
 }
 
+const std::string& hidden_loopback_host() {
+  static const std::string host = [] {
+    const auto pid = static_cast<unsigned>(::getpid()) & 0x3fffff;
+    return "127." + std::to_string(128 + (pid >> 16)) + "." + std::to_string((pid >> 8) & 0xff) + "." +
+           std::to_string(pid & 0xff);
+  }();
+  return host;
+}
+
 namespace {
 std::mutex ports_mutex;
 std::set<std::pair<std::string, int>> ports_handed_out;

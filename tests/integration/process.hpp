@@ -42,6 +42,9 @@ std::string read_file(const std::string& path);
 /// test processes running at once (`ctest -j`) share an address. Outgoing loopback connections take their
 /// source address from 127.0.0.1 (the route's `src`), so nothing but this process's own silods binds here.
 const std::string& loopback_host();
+/// A second address of this process, 127.128.0.0 + its pid: for silods that listen behind a proxy, which
+/// listens on loopback_host() at the same port and is what their peers are told.
+const std::string& hidden_loopback_host();
 
 /// A TCP port that was free a moment ago on `host` (bind port 0, read it back, close), and never handed out
 /// before by this process. On loopback_host() that makes it a reservation without a race: only this

@@ -32,7 +32,7 @@ using silo::test::wait_until;
 
 namespace {
 
-// "127.0.0.1:PORT" of the gateway.listen line of a silod_config() text.
+// "HOST:PORT" of the gateway.listen line of a silod_config() text.
 std::string gateway_address(const std::string& config) {
   const auto section = config.find("\ngateway:\n");
   REQUIRE(section != std::string::npos);
@@ -115,7 +115,7 @@ PlainResult plain_call(const std::string& gateway, const std::string& method, co
 TEST_CASE("a gateway whose headers never arrive: the call is resent elsewhere and runs once", "[resend]") {
   Silo silo = start_silo();
   // The proxy lets HTTP/2 settle but never delivers the gateway's HEADERS (nor any answer), then cuts.
-  TcpProxy proxy("127.0.0.1", 0, "127.0.0.1", port_of(silo.gateway));
+  TcpProxy proxy(silo::test::loopback_host(), 0, silo::test::loopback_host(), port_of(silo.gateway));
   proxy.withhold_responses(true);
   std::thread cutter([&] {
     // The gateway answers a new stream with HEADERS at once: once one was withheld, wait a little for
@@ -142,7 +142,7 @@ TEST_CASE("a gateway whose headers never arrive: the call is resent elsewhere an
 
 TEST_CASE("a gateway cut after it ran the call: may-have-run, not resent", "[resend]") {
   Silo silo = start_silo();
-  TcpProxy proxy("127.0.0.1", 0, "127.0.0.1", port_of(silo.gateway));
+  TcpProxy proxy(silo::test::loopback_host(), 0, silo::test::loopback_host(), port_of(silo.gateway));
   auto client = make_client({proxy.address(), silo.gateway});
   auto direct = make_client({silo.gateway});
   auto counter = client->ref<bench::CounterRef>("lost");
