@@ -31,7 +31,9 @@ if [ "$(id -u)" -eq 0 ] || [ -w /var/run/postgresql ]; then
       break
     fi
   done
-  PGPORT=$port pg_virtualenv -t -- "${ctest_cmd[@]}" || rc=$?
+  # max_connections: two cluster tests at once (ctest -j2) run up to 8 silods of ~8 connections each
+  # (storage pool, membership and its listener, reminders) beside their own; the default 100 is too close.
+  PGPORT=$port pg_virtualenv -t -o max_connections=300 -- "${ctest_cmd[@]}" || rc=$?
 else
   echo "tests/run.sh: not root: using the PostgreSQL of your PG* environment for the database tests (they fail without one)"
   echo "tests/run.sh: not running the tests that stop PostgreSQL (label pg_outage): they only stop pg_virtualenv's throwaway cluster"

@@ -403,7 +403,11 @@ TEST_CASE("two named PersistentStates of one grain are stored, cleared and read 
   both = call([](sdk::TwoStatesRef r) { return r.ClearA({}); });
   CHECK(both.etag_a() == 0);
   CHECK(both.b() == "bee");
-  CHECK(silo.stored("sdk.TwoStates", "two", "a").etag == 0);
+  // Cleared: a tombstone one version above the last write (versions never go back), state b untouched.
+  const auto cleared_a = silo.stored("sdk.TwoStates", "two", "a");
+  CHECK(cleared_a.tombstone);
+  CHECK(cleared_a.etag == sa.etag + 1);
+  CHECK_FALSE(silo.stored("sdk.TwoStates", "two", "b").tombstone);
   CHECK(silo.stored("sdk.TwoStates", "two", "b").etag == 1);
   both = deactivate_and_get();
   CHECK(both.a() == 0);

@@ -99,7 +99,7 @@ TEST_CASE("registrations are confirmed only under the owner's view, after every 
   CHECK(r.holder == on_c);
 }
 
-TEST_CASE("a shutting-down holder keeps its grains; a dead one gives them up", "[directory]") {
+TEST_CASE("a shutting-down holder keeps its grains, a dead one gives them up", "[directory]") {
   Directory a(A);
   view(a, 1, {A, B, C}, {A, B, C});
   const std::string id = id_where([&](const std::string& id) { return a.owner(id) == A; });
@@ -124,7 +124,7 @@ TEST_CASE("the same view version twice changes nothing", "[directory]") {
   CHECK(a.version() == 4);
 }
 
-TEST_CASE("the next version with the same silos needs no recovery; a skipped version does", "[directory]") {
+TEST_CASE("the next version with the same silos needs no recovery, a skipped version does", "[directory]") {
   Directory a(A);
   view(a, 1, {A, B}, {A, B});
   REQUIRE(a.update(2, {A, B}, {A, B}));  // a suspicion vote: nothing moved
