@@ -141,9 +141,10 @@ TEST_CASE("messaging: streams cancelled while other threads send on them; every 
   }
   const auto started = Clock::now();
   int kills = 0;
-  // Bounded: 3 s of churn. Each stream is cancelled once it carries calls (a few answered since the last
-  // cancellation): one cancelled before it connects only makes A refuse new streams for 100 ms.
-  while (Clock::now() - started < 3s) {
+  // Bounded: 200 cancellations or 10 s. Each stream is cancelled once it carries calls (a few answered
+  // since the last cancellation): one cancelled before it connects only makes A refuse new streams for
+  // 100 ms.
+  while (kills < 200 && Clock::now() - started < 10s) {
     const long seen = answered.load();
     const auto since = Clock::now();
     while (answered.load() < seen + 8 && Clock::now() - since < 20ms)
@@ -171,7 +172,7 @@ TEST_CASE("messaging: streams cancelled while other threads send on them; every 
     if (n != 1) ++twice;
   INFO(sent << " requests, " << kills << " cancellations, " << answered.load() << " answered, "
             << failed.load() << " failed, " << answers.size() << " distinct ids answered");
-  CHECK(kills > 100);
+  CHECK(kills > 50);  // the churn happened (200 unless the machine is very slow)
   CHECK(answered.load() > 0);
   CHECK(failed.load() > 0);  // the churn did break streams with calls waiting on them
   CHECK(all_answered);
