@@ -20,3 +20,8 @@ else
   echo "tests/run.sh: not root: using the PostgreSQL of your PG* environment for the database tests (they fail without one)"
   "${ctest_cmd[@]}"
 fi
+
+# Opt-in: the messaging and cluster suites again, built with AddressSanitizer and UBSan (tests/sanitize.sh).
+if [ "${SILO_SANITIZE_TESTS:-0}" = 1 ]; then
+  ./tests/sanitize.sh
+fi
