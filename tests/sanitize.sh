@@ -7,10 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# detect_leaks=0: gRPC and protobuf keep process-lifetime singletons that LeakSanitizer reports at every
-# exit (silod, the tests, protoc-gen-silo during the build); the leaks of interest here are not those.
-# halt_on_error (UBSan): undefined behaviour stops the process like an ASan finding, instead of a log line.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1}"
+# LeakSanitizer stays on (silod, the tests and protoc-gen-silo exit without reports, so a leak fails them).
+# abort_on_error: a core/abort rather than exit(1). halt_on_error (UBSan): undefined behaviour stops the
+# process like an ASan finding, instead of a log line nobody reads.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
 echo "== sanitizer build (address,undefined) in build-asan"
