@@ -46,4 +46,8 @@ if [ -f "$SILO_TEST_TALLY" ]; then
        END { printf "== Catch2: %d test cases ran in %d test processes, %d failed, %d processes ran none\n",
              cases, n, failed, empty }' "$SILO_TEST_TALLY"
 fi
+# Opt-in: the messaging and cluster suites again, built with AddressSanitizer and UBSan (tests/sanitize.sh).
+if [ "${SILO_SANITIZE_TESTS:-0}" = 1 ]; then
+  ./tests/sanitize.sh || rc=$?
+fi
 exit "$rc"

@@ -122,6 +122,10 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
 
   void start() {
     stub_->async()->Connect(&ctx_, this);
+    // Writes start on callers' and the timer's threads, outside gRPC's reactions: without a hold, gRPC may
+    // destroy the call (before OnDone) while a write starts on it (the silod double free of issue 10 had
+    // this cause). Held until the read side fails; dead_, set first, stops every later write.
+    AddHold();
     StartRead(&in_);
     StartCall();
   }
@@ -183,7 +187,14 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows
+    if (!ok) {  // OnDone follows once the writes in flight end
+      {
+        std::lock_guard lock(mutex_);
+        dead_ = true;
+      }
+      RemoveHold();
+      return;
+    }
     std::vector<std::pair<PendingCall, Reply>> done;
     std::vector<PendingCall> retry;  // refused, not run, by a gateway that asks for another one
     {
@@ -274,7 +285,7 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
 
   // A draining connection closes its side once its last call is answered.
   void maybe_close_locked() {
-    if (draining_ && pending_.empty() && !writes_done_ && !writing_) {
+    if (draining_ && pending_.empty() && !writes_done_ && !writing_ && !dead_) {
       writes_done_ = true;
       StartWritesDone();
     }

@@ -229,6 +229,13 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
     self_ = std::move(self);
     ctx_.AddMetadata(kTargetKey, peer_.str());
     stub_->async()->Connect(&ctx_, this);
+    // Writes start on other threads (send, drain, close_when_idle), outside gRPC's reactions. gRPC destroys
+    // its side of the call as soon as the last operation completes, before OnDone runs; a write started in
+    // between used the destroyed call and later freed its buffers a second time (the "double free" of
+    // issue 10, 16 ms after a stream to a killed peer broke). The hold keeps the call until no write can
+    // start any more: OnReadDone(false) sets dead_ (under mutex_, which every start of a write checks) and
+    // only then removes it.
+    AddHold();
     StartRead(&in_);
     StartCall();
   }
@@ -238,7 +245,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
 
   bool send(in::Envelope& env) {
     std::lock_guard lock(mutex_);
-    if (dead_ || draining_) return false;
+    if (dead_ || draining_ || writes_done_) return false;
     if (env.kind() == in::Envelope::REQUEST) outstanding_.insert(env.id());
     queue_.push_back(std::move(env));
     flush_locked();
@@ -247,7 +254,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
 
   bool alive() {
     std::lock_guard lock(mutex_);
-    return !dead_ && !draining_;
+    return !dead_ && !draining_ && !writes_done_;
   }
 
   void kill() { ctx_.TryCancel(); }
@@ -260,8 +267,28 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
     maybe_close_locked();
   }
 
+  /// This silo is stopping: close our side as soon as nothing is in flight on it, so that the peer's
+  /// server, which waits for its inbound streams when it stops too, is not kept waiting for us while we
+  /// wait for it (a whole-cluster stop used to take the full shutdown_timeout, issue 10). Unlike drain(),
+  /// sends are still taken until then: calls relayed by this silo while it stops still go out.
+  void close_when_idle(bool now) {
+    std::lock_guard lock(mutex_);
+    closing_ = true;
+    // A link opened while stopping (now=false) closes after the answer to its first send, or once
+    // connected if it carries nothing (a ping or directory call only borrowed its channel).
+    if (now) maybe_close_locked();
+  }
+
   void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows
+    if (!ok) {
+      // The stream is over: no write starts after this; OnDone follows once the writes in flight end.
+      {
+        std::lock_guard lock(mutex_);
+        dead_ = true;
+      }
+      RemoveHold();
+      return;
+    }
     for (auto& env : *in_.mutable_envelopes()) {
       {
         std::lock_guard lock(mutex_);
@@ -319,6 +346,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
     if (!ok) return;
     std::lock_guard lock(mutex_);
     established_ = true;
+    maybe_close_locked();  // a link opened while stopping that carried nothing (ping, directory) closes
   }
 
  private:
@@ -344,7 +372,8 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
   in::Batch in_;
   std::mutex mutex_;
   void maybe_close_locked() {
-    if (draining_ && !writes_done_ && !writing_ && queue_.empty() && outstanding_.empty() && !dead_) {
+    if ((draining_ || closing_) && !writes_done_ && !writing_ && queue_.empty() && outstanding_.empty() &&
+        !dead_) {
       writes_done_ = true;
       StartWritesDone();
     }
@@ -354,6 +383,7 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
   in::Batch out_;
   std::set<std::uint64_t> outstanding_;
   bool writing_ = false, dead_ = false, sent_sender_ = false, draining_ = false, writes_done_ = false;
+  bool closing_ = false;
   bool established_ = false;
 };
 
@@ -383,7 +413,19 @@ void Messenger::start() {
 
 void Messenger::stop(Deadline deadline) {
   // First the server: peers that saw this silo leave drain their streams into it, and requests they sent
-  // meanwhile (some relayed on through our own links) still get answered. Then our own links.
+  // meanwhile (some relayed on through our own links) still get answered. Peers that are stopping too no
+  // longer follow the membership: they close their streams into us when idle, as we close ours into them
+  // now, or each server would wait for the other's streams until the deadline. Then our own links.
+  std::vector<std::shared_ptr<PeerLink>> idle;
+  {
+    std::lock_guard lock(mutex_);
+    closing_ = true;
+    for (auto& [k, l] : open_)
+      if (auto s = l.lock()) idle.push_back(std::move(s));
+  }
+  for (auto& l : idle)
+    l->close_when_idle(true);
+  idle.clear();
   if (server_) {
     const auto left = std::chrono::duration_cast<std::chrono::system_clock::duration>(
         deadline - std::chrono::steady_clock::now());
@@ -395,16 +437,18 @@ void Messenger::stop(Deadline deadline) {
   {
     std::lock_guard lock(mutex_);
     stopping_ = true;
-    for (auto& [k, l] : links_)
-      links.push_back(l);
+    // Every link not yet done, also those links_ no longer names (replaced while draining or dying).
+    for (auto& [k, l] : open_)
+      if (auto s = l.lock()) links.push_back(std::move(s));
   }
   for (auto& l : links)
     l->kill();
+  links.clear();
   // Wait (briefly) for the links to finish, so no callback runs after we are gone.
   for (int i = 0; i < 200; ++i) {
     {
       std::lock_guard lock(mutex_);
-      if (links_.empty()) break;
+      if (open_.empty()) break;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -469,6 +513,8 @@ std::shared_ptr<Messenger::PeerLink> Messenger::link(const cluster::SiloAddress&
       return nullptr;
     }
     l = std::make_shared<PeerLink>(*this, peer);
+    if (closing_) l->close_when_idle(false);
+    open_.emplace(l.get(), l);
     l->start(l);
   }
   return l;
@@ -482,6 +528,7 @@ void Messenger::forget(PeerLink* link, bool never_connected) {
     failed_at_.erase(link->peer().str());
   auto it = links_.find(link->peer().str());
   if (it != links_.end() && it->second.get() == link) links_.erase(it);
+  open_.erase(link);
 }
 
 void Messenger::fail(in::Envelope request, const std::string& why) {

@@ -110,6 +110,7 @@ class Messenger final : public app::Component {
   std::unique_ptr<grpc::Server> server_;
   std::mutex mutex_;
   std::unordered_map<std::string, std::shared_ptr<PeerLink>> links_;  // by SiloAddress::str()
+  std::unordered_map<PeerLink*, std::weak_ptr<PeerLink>> open_;       // every link whose OnDone has not run
   // Finished links and unary calls are released on our threads a second after they finish: gRPC aborts
   // when the last reference to a channel is dropped on its own callback thread, and may still be tearing
   // a call down right after its last callback returned.
@@ -118,7 +119,8 @@ class Messenger final : public app::Component {
   std::unordered_map<std::string, std::chrono::steady_clock::time_point> failed_at_;  // last failed connect
   void* adopt(std::shared_ptr<void> call);
   void retire(void* call);
-  bool stopping_ = false;
+  bool closing_ = false;   // stop() began: links close when idle
+  bool stopping_ = false;  // the server is down: no new links
 };
 
 }  // namespace silo::messaging
