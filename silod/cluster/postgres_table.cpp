@@ -471,10 +471,13 @@ class PostgresTable final : public MembershipTable {
         listen_conn_ = std::make_unique<pqxx::connection>(target_.dsn);
         receiver_ = std::make_unique<ChangeReceiver>(*listen_conn_, cluster_id_);
         listen_pid_ = listen_conn_->backendpid();
-        if (std::exchange(listener_lost_, false)) {
+        if (std::exchange(listener_lost_, false))
           spdlog::info("membership: listening for changes on {} again", describe());
-          return true;  // notifications sent while we were away are gone: make the caller re-read
-        }
+        // Changes made before this LISTEN took effect notified nobody here: make the caller re-read. At
+        // start-up too: between a joining silo's last read and its first LISTEN a peer may go active, and
+        // without this re-read the silo would not learn it before the next poll (a peer it should probe
+        // then goes unprobed, and that peer's lease fences it).
+        return true;
       }
       for (;;) {
         if (receiver_->take()) return true;

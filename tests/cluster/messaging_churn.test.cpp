@@ -85,7 +85,7 @@ struct Endpoint {
 
 }  // namespace
 
-TEST_CASE("messaging: streams cancelled while other threads send on them; every call answered exactly once",
+TEST_CASE("messaging: streams cancelled while other threads send on them, every call answered exactly once",
           "[cluster][messaging]") {
   // A's link to B is cancelled every few ms (as when the membership declares B dead, or B's socket
   // closes) while four threads keep sending requests to B through it. The stream's end races the sends:
@@ -410,7 +410,7 @@ silo::Task<void> load_worker(silo::Client& client, Load& load, int keys, int wor
 
 }  // namespace
 
-TEST_CASE("kill -9 churn: peers killed under cross-silo load; no other silod crashes",
+TEST_CASE("kill -9 churn: peers killed under cross-silo load, no other silod crashes",
           "[cluster][messaging]") {
   // The incident (issue 10): a survivor aborted with "double free" 16 ms after failing the calls waiting
   // on its stream to a killed peer. Twelve kills, alternating between two victims; silo-0 is never

@@ -296,6 +296,10 @@ TEST_CASE("a failing on_activate fails the waiting calls and the silo keeps serv
   });
   CHECK(e.code() == StatusCode::failed_precondition);
   CHECK(std::string(e.what()).find("activation of test.FailsToActivate/x failed") != std::string::npos);
+  // The failure is answered before the activation leaves its shard (another thread): wait for that, bounded.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (silo.rt->activation_count() != 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   CHECK(silo.rt->activation_count() == 0);
   silo.run([](Caller& c) -> silo::Task<void> { co_await test::RecorderRef(&c, "after").Work(work(0)); });
 }
