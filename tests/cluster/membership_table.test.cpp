@@ -384,12 +384,16 @@ TEST_CASE("postgres membership: migrations are idempotent, also when silos start
   }
 }
 
-TEST_CASE("postgres membership: connections dropped by the server are re-established", "[cluster]") {
+// [pg_outage]: it terminates every silod-membership backend on the server, so under ctest -j2 it would cut
+// the membership connections of whatever test runs beside it (seen: "rows of another cluster id" failed).
+TEST_CASE("postgres membership: connections dropped by the server are re-established",
+          "[cluster][pg_outage]") {
   require_postgres();
   const std::string cluster = unique_cluster("drop");
   auto table = PostgresStore::open_cluster(cluster);
   auto listener = PostgresStore::open_cluster(cluster);
-  CHECK_FALSE(listener->wait_for_change(50ms));  // listening
+  CHECK(listener->wait_for_change(50ms));  // opens the LISTEN connection: "re-read", as after any (re)connect
+  CHECK_FALSE(listener->wait_for_change(50ms));
   write(*table, make_row("10.0.0.1", 11111, 1));
   REQUIRE(listener->wait_for_change(2s));
 
