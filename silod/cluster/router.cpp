@@ -75,6 +75,7 @@ messaging::Handlers ClusterRouter::handlers() {
     on_request(std::move(env), std::move(sink));
   };
   h.on_response = [this](in::Envelope env) { on_response(std::move(env)); };
+  h.refuse_sender = [this](const std::string& sender) { return refuse_sender(sender); };
   h.on_directory = [this](const in::DirectoryRequest& r) { return directory_.handle(r); };
   h.activations = [this] { return static_cast<std::int64_t>(rt_.activation_count()); };
   return h;
@@ -471,6 +472,7 @@ void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::Resp
     r.set_kind(in::Envelope::RESPONSE);
     r.set_code(static_cast<int>(decoded.code));
     r.set_error(std::move(decoded.error));
+    r.set_not_run(true);  // refused before it reached a grain (expired, or unknown here)
     sink->send(std::move(r));
     return;
   }
@@ -481,6 +483,24 @@ void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::Resp
   }
   runtime::Shard& shard = rt_.shard_for(*r->cls, r->key);
   asio::post(shard.io(), [&shard, r = std::move(r)]() mutable { shard.deliver(std::move(r)); });
+}
+
+std::string ClusterRouter::refuse_sender(const std::string& sender) {
+  std::lock_guard lock(mutex_);
+  if (auto it = last_status_.find(sender); it != last_status_.end())
+    return it->second == SiloStatus::dead ? "it was declared dead" : std::string();
+  // Not in the view: a silo newer than our view is fine (it joined a moment ago), an older generation of an
+  // address the view knows a newer generation of is a process that restarted since (or a frozen one).
+  SiloAddress from;
+  if (!parse_silo_address(sender, from)) return {};
+  for (const auto& [silo, status] : last_status_) {
+    SiloAddress known;
+    if (parse_silo_address(silo, known) && known.host == from.host && known.port == from.port &&
+        known.generation > from.generation) {
+      return "a newer generation (" + silo + ") of its address is in the membership";
+    }
+  }
+  return {};
 }
 
 void ClusterRouter::on_response(in::Envelope env) {

@@ -59,6 +59,9 @@ class ClusterRouter final : public runtime::Router {
   bool place(const runtime::GrainClass& cls, const std::string& key, bool exclude_self, SiloAddress& out);
   void on_request(internal::Envelope env, std::shared_ptr<messaging::ResponseSink> sink);
   void on_response(internal::Envelope env);
+  /// Why requests from `sender` must not run here (declared dead, or superseded by a newer generation of
+  /// its address in this silo's view), or empty.
+  std::string refuse_sender(const std::string& sender);
   void reregister(std::int64_t version, const std::vector<SiloAddress>& active);
   void send_recovery(SiloAddress owner, std::shared_ptr<internal::DirectoryRequest> request,
                      std::shared_ptr<std::vector<std::pair<const runtime::GrainClass*, std::string>>> grains);
