@@ -115,6 +115,21 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
       }
     }
     last_status_ = std::move(statuses);
+    // Senders whose requests must not run here (refuse_sender): silos the others voted dead (a frozen one
+    // may resume and send), and generations superseded by a newer one on their address. A silo that wrote
+    // itself dead on a graceful leave (no votes) may still relay the last calls of its drain.
+    newest_generation_.clear();
+    for (const auto& row : view.rows) {
+      auto& g = newest_generation_[row.address.endpoint()];
+      g = std::max(g, row.address.generation);
+    }
+    refused_senders_.clear();
+    for (const auto& row : view.rows) {
+      if (newest_generation_[row.address.endpoint()] > row.address.generation)
+        refused_senders_[row.address.str()] = "a newer generation of its address is in the membership";
+      else if (row.status == SiloStatus::dead && !row.suspicions.empty())
+        refused_senders_[row.address.str()] = "it was declared dead";
+    }
   }
   // Every silo sees every view (loads change with each heartbeat); the directory acts on new versions.
   const bool changed = directory_.update(view.version, active, live);
@@ -487,19 +502,15 @@ void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::Resp
 
 std::string ClusterRouter::refuse_sender(const std::string& sender) {
   std::lock_guard lock(mutex_);
-  if (auto it = last_status_.find(sender); it != last_status_.end())
-    return it->second == SiloStatus::dead ? "it was declared dead" : std::string();
-  // Not in the view: a silo newer than our view is fine (it joined a moment ago), an older generation of an
-  // address the view knows a newer generation of is a process that restarted since (or a frozen one).
+  if (auto it = refused_senders_.find(sender); it != refused_senders_.end()) return it->second;
+  if (last_status_.contains(sender)) return {};
+  // Not in the view: a silo newer than our view is served (it joined a moment ago); an older generation
+  // of an address whose newer generation the view knows is a process that restarted since (or froze).
   SiloAddress from;
   if (!parse_silo_address(sender, from)) return {};
-  for (const auto& [silo, status] : last_status_) {
-    SiloAddress known;
-    if (parse_silo_address(silo, known) && known.host == from.host && known.port == from.port &&
-        known.generation > from.generation) {
-      return "a newer generation (" + silo + ") of its address is in the membership";
-    }
-  }
+  auto it = newest_generation_.find(from.endpoint());
+  if (it != newest_generation_.end() && it->second > from.generation)
+    return "a newer generation of its address is in the membership";
   return {};
 }
 

@@ -83,7 +83,9 @@ class ClusterRouter final : public runtime::Router {
   std::mutex mutex_;                   // guards the view below
   std::vector<Candidate> candidates_;  // active silos, for placement
   std::vector<std::string> ring_members_;
-  std::unordered_map<std::string, SiloStatus> last_status_;  // by silo, as of the previous view
+  std::unordered_map<std::string, SiloStatus> last_status_;          // by silo, as of the previous view
+  std::unordered_map<std::string, std::string> refused_senders_;     // by silo: why its requests don't run
+  std::unordered_map<std::string, std::int64_t> newest_generation_;  // by endpoint, in the view
   // The id of each local activation in the directory (one per grain id on this silo at a time).
   std::mutex ids_mutex_;
   std::unordered_map<std::string, std::uint64_t> local_ids_;
