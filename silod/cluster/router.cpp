@@ -75,6 +75,7 @@ messaging::Handlers ClusterRouter::handlers() {
     on_request(std::move(env), std::move(sink));
   };
   h.on_response = [this](in::Envelope env) { on_response(std::move(env)); };
+  h.refuse_sender = [this](const std::string& sender) { return refuse_sender(sender); };
   h.on_directory = [this](const in::DirectoryRequest& r) { return directory_.handle(r); };
   h.activations = [this] { return static_cast<std::int64_t>(rt_.activation_count()); };
   return h;
@@ -114,6 +115,21 @@ void ClusterRouter::on_view(const MembershipSnapshot& view) {
       }
     }
     last_status_ = std::move(statuses);
+    // Senders whose requests must not run here (refuse_sender): silos the others voted dead (a frozen one
+    // may resume and send), and generations superseded by a newer one on their address. A silo that wrote
+    // itself dead on a graceful leave (no votes) may still relay the last calls of its drain.
+    newest_generation_.clear();
+    for (const auto& row : view.rows) {
+      auto& g = newest_generation_[row.address.endpoint()];
+      g = std::max(g, row.address.generation);
+    }
+    refused_senders_.clear();
+    for (const auto& row : view.rows) {
+      if (newest_generation_[row.address.endpoint()] > row.address.generation)
+        refused_senders_[row.address.str()] = "a newer generation of its address is in the membership";
+      else if (row.status == SiloStatus::dead && !row.suspicions.empty())
+        refused_senders_[row.address.str()] = "it was declared dead";
+    }
   }
   // Every silo sees every view (loads change with each heartbeat); the directory acts on new versions.
   const bool changed = directory_.update(view.version, active, live);
@@ -471,6 +487,7 @@ void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::Resp
     r.set_kind(in::Envelope::RESPONSE);
     r.set_code(static_cast<int>(decoded.code));
     r.set_error(std::move(decoded.error));
+    r.set_not_run(true);  // refused before it reached a grain (expired, or unknown here)
     sink->send(std::move(r));
     return;
   }
@@ -481,6 +498,20 @@ void ClusterRouter::on_request(in::Envelope env, std::shared_ptr<messaging::Resp
   }
   runtime::Shard& shard = rt_.shard_for(*r->cls, r->key);
   asio::post(shard.io(), [&shard, r = std::move(r)]() mutable { shard.deliver(std::move(r)); });
+}
+
+std::string ClusterRouter::refuse_sender(const std::string& sender) {
+  std::lock_guard lock(mutex_);
+  if (auto it = refused_senders_.find(sender); it != refused_senders_.end()) return it->second;
+  if (last_status_.contains(sender)) return {};
+  // Not in the view: a silo newer than our view is served (it joined a moment ago); an older generation
+  // of an address whose newer generation the view knows is a process that restarted since (or froze).
+  SiloAddress from;
+  if (!parse_silo_address(sender, from)) return {};
+  auto it = newest_generation_.find(from.endpoint());
+  if (it != newest_generation_.end() && it->second > from.generation)
+    return "a newer generation of its address is in the membership";
+  return {};
 }
 
 void ClusterRouter::on_response(in::Envelope env) {

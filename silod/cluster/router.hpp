@@ -59,6 +59,9 @@ class ClusterRouter final : public runtime::Router {
   bool place(const runtime::GrainClass& cls, const std::string& key, bool exclude_self, SiloAddress& out);
   void on_request(internal::Envelope env, std::shared_ptr<messaging::ResponseSink> sink);
   void on_response(internal::Envelope env);
+  /// Why requests from `sender` must not run here (declared dead, or superseded by a newer generation of
+  /// its address in this silo's view), or empty.
+  std::string refuse_sender(const std::string& sender);
   void reregister(std::int64_t version, const std::vector<SiloAddress>& active);
   void send_recovery(SiloAddress owner, std::shared_ptr<internal::DirectoryRequest> request,
                      std::shared_ptr<std::vector<std::pair<const runtime::GrainClass*, std::string>>> grains);
@@ -80,7 +83,9 @@ class ClusterRouter final : public runtime::Router {
   std::mutex mutex_;                   // guards the view below
   std::vector<Candidate> candidates_;  // active silos, for placement
   std::vector<std::string> ring_members_;
-  std::unordered_map<std::string, SiloStatus> last_status_;  // by silo, as of the previous view
+  std::unordered_map<std::string, SiloStatus> last_status_;          // by silo, as of the previous view
+  std::unordered_map<std::string, std::string> refused_senders_;     // by silo: why its requests don't run
+  std::unordered_map<std::string, std::int64_t> newest_generation_;  // by endpoint, in the view
   // The id of each local activation in the directory (one per grain id on this silo at a time).
   std::mutex ids_mutex_;
   std::unordered_map<std::string, std::uint64_t> local_ids_;

@@ -103,6 +103,10 @@ void run_call(GatewayServer& gw, const Route& route, std::string key, Payload pa
           try {
             reply.response =
                 co_await rt.call(shard, {}, *route.method, std::move(key), std::move(request), options);
+          } catch (const runtime::NotRunError& e) {
+            // Refused before it reached the grain (e.g. by another silo): safe to send again.
+            reply = Reply::failure(e.code(), e.what());
+            not_run = true;
           } catch (const Error& e) {
             reply = Reply::failure(e.code(), e.what());
           } catch (const std::exception& e) {

@@ -15,6 +15,20 @@ namespace {
 constexpr const char* reminder_method_name = "#reminder";
 }  // namespace
 
+std::int64_t to_unix_ms(Clock::time_point deadline) {
+  const auto left = deadline - Clock::now();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             (std::chrono::system_clock::now() +
+              std::chrono::duration_cast<std::chrono::system_clock::duration>(left))
+                 .time_since_epoch())
+      .count();
+}
+
+Clock::duration left_until(std::int64_t deadline_unix_ms) {
+  const auto at = std::chrono::system_clock::time_point(std::chrono::milliseconds(deadline_unix_ms));
+  return std::chrono::duration_cast<Clock::duration>(at - std::chrono::system_clock::now());
+}
+
 in::Envelope encode_request(Request& request) {
   in::Envelope env;
   env.set_id(request.call_id);
@@ -26,10 +40,7 @@ in::Envelope encode_request(Request& request) {
     request.arg->SerializeToString(env.mutable_payload());
   else
     env.set_payload(std::move(request.arg_bytes));
-  if (request.deadline != Clock::time_point::max()) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(request.deadline - Clock::now());
-    env.set_timeout_ms(static_cast<std::uint32_t>(std::max<std::int64_t>(1, left.count())));
-  }
+  if (request.deadline != Clock::time_point::max()) env.set_deadline_unix_ms(to_unix_ms(request.deadline));
   for (const auto& link : request.chain) {
     auto* l = env.add_chain();
     l->set_grain_type(link.cls->name());
@@ -51,6 +62,7 @@ in::Envelope encode_reply(const Request& request, runtime::Reply reply, const st
   } else {
     env.set_payload(std::move(reply.response_bytes));
   }
+  env.set_not_run(reply.not_run);
   env.set_location(reply.location.empty() ? location : reply.location);
   env.set_grain_type(request.cls->name());
   env.set_grain_key(request.key);
@@ -60,6 +72,19 @@ in::Envelope encode_reply(const Request& request, runtime::Reply reply, const st
 DecodedRequest decode_request(in::Envelope& env, const ClassFinder& find_class,
                               std::chrono::milliseconds default_timeout, const std::string& self) {
   DecodedRequest out;
+  // Checked first and against the absolute deadline: a request that arrives after it (its sender froze,
+  // its bytes waited in a socket) must not run, however long it was in flight.
+  Clock::duration left = default_timeout;
+  if (env.deadline_unix_ms() != 0) {
+    left = left_until(env.deadline_unix_ms());
+    if (left <= Clock::duration::zero()) {
+      out.code = StatusCode::deadline_exceeded;
+      out.error = env.grain_type() + "." + env.method() + " reached silo " + self + " " +
+                  std::to_string(-std::chrono::duration_cast<std::chrono::milliseconds>(left).count()) +
+                  " ms after its deadline; not run";
+      return out;
+    }
+  }
   const runtime::GrainClass* cls = find_class(env.grain_type());
   if (!cls) {
     out.code = StatusCode::unimplemented;
@@ -86,8 +111,7 @@ DecodedRequest decode_request(in::Envelope& env, const ClassFinder& find_class,
     if (const auto* c = find_class(link.grain_type()))
       r->chain.push_back(runtime::ChainLink{c, link.grain_key()});
   }
-  const auto timeout = env.timeout_ms() ? std::chrono::milliseconds(env.timeout_ms()) : default_timeout;
-  r->deadline = Clock::now() + timeout;
+  r->deadline = Clock::now() + left;  // queued past it, the runtime drops it unrun (activation.cpp)
   r->hops = env.hops();
   out.request = std::move(r);
   return out;
@@ -99,6 +123,7 @@ runtime::Reply decode_reply(in::Envelope& env) {
   reply.error = std::move(*env.mutable_error());
   reply.response_bytes = std::move(*env.mutable_payload());
   reply.location = std::move(*env.mutable_location());
+  reply.not_run = env.not_run();
   return reply;
 }
 

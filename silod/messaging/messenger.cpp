@@ -102,24 +102,31 @@ class InboundStream final : public BatchedServerStream<InboundStream, in::Batch,
       return;
     }
     if (peer_.empty() && !in_.sender().empty()) peer_ = in_.sender();
-    // A fenced silo runs nothing (its grains may already be active elsewhere): each request is answered
-    // "not run" at once.
+    // Checked once per batch. A fenced silo runs nothing (its grains may already be active elsewhere), and
+    // nothing runs that a silo declared dead (or superseded by its own restart) sent: it may be a frozen
+    // process's late bytes, and its calls' callers were failed when it died. Each request is answered
+    // "not run" at once; one-way calls are dropped.
+    std::string refused;
     const cluster::Lease* lease = messenger_.lease();
-    const bool fenced = lease && lease->fenced();
+    if (lease && lease->fenced()) {
+      refused = "silo " + messenger_.self().str() + ": " + lease->why() + "; not run";
+    } else if (!peer_.empty() && messenger_.handlers().refuse_sender) {
+      if (std::string why = messenger_.handlers().refuse_sender(peer_); !why.empty())
+        refused = "silo " + messenger_.self().str() + " refuses calls from silo " + peer_ + ": " + why +
+                  "; not run";
+    }
     for (auto& env : *in_.mutable_envelopes()) {
       if (env.kind() == in::Envelope::REQUEST) {
         {
           std::lock_guard lock(mutex_);
           ++outstanding_;
         }
-        if (fenced) {
-          write(failure_response(env.id(), StatusCode::unavailable,
-                                 "silo " + messenger_.self().str() + ": " + lease->why() + "; not run",
-                                 true));
+        if (!refused.empty()) {
+          write(failure_response(env.id(), StatusCode::unavailable, refused, true));
           continue;
         }
         messenger_.handlers().on_request(std::move(env), sink_);
-      } else if (env.kind() == in::Envelope::ONE_WAY && !fenced) {
+      } else if (env.kind() == in::Envelope::ONE_WAY && refused.empty()) {
         messenger_.handlers().on_request(std::move(env), nullptr);
       }
     }
@@ -244,11 +251,15 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
   const cluster::SiloAddress& peer() const { return peer_; }
 
   bool send(in::Envelope& env) {
-    std::lock_guard lock(mutex_);
-    if (dead_ || draining_ || writes_done_) return false;
-    if (env.kind() == in::Envelope::REQUEST) outstanding_.insert(env.id());
-    queue_.push_back(std::move(env));
-    flush_locked();
+    std::vector<std::uint64_t> refused;
+    {
+      std::lock_guard lock(mutex_);
+      if (dead_ || draining_ || writes_done_) return false;
+      if (env.kind() == in::Envelope::REQUEST) outstanding_.insert(env.id());
+      queue_.push_back(std::move(env));
+      flush_locked(refused);
+    }
+    fail_refused(refused);
     return true;
   }
 
@@ -305,10 +316,14 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard lock(mutex_);
-    writing_ = false;
-    if (ok) flush_locked();
-    maybe_close_locked();
+    std::vector<std::uint64_t> refused;
+    {
+      std::lock_guard lock(mutex_);
+      writing_ = false;
+      if (ok) flush_locked(refused);
+      maybe_close_locked();
+    }
+    fail_refused(refused);
   }
 
   void OnDone(const grpc::Status& status) override {
@@ -350,8 +365,21 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
   }
 
  private:
-  void flush_locked() {
+  // Writes the next batch. A fenced silo (lease ran out, or declared dead) sends no request: a process
+  // resumed after SIGSTOP runs this first (when the write in flight completes, or with its next call), and
+  // what it queued before it froze may run elsewhere by now. Its queued requests fail "not run" (their ids
+  // go to `refused`, failed by the caller after unlocking) and one-way calls are dropped. One lease read per
+  // batch, not per call.
+  void flush_locked(std::vector<std::uint64_t>& refused) {
     if (writing_ || dead_ || queue_.empty()) return;
+    if (const cluster::Lease* lease = messenger_.lease(); lease && lease->fenced()) {
+      for (auto& env : queue_) {
+        if (env.kind() == in::Envelope::REQUEST && outstanding_.erase(env.id())) refused.push_back(env.id());
+      }
+      queue_.clear();
+      maybe_close_locked();
+      return;
+    }
     writing_ = true;
     const bool first = !sent_sender_;
     out_.Clear();
@@ -361,6 +389,15 @@ class Messenger::PeerLink final : public grpc::ClientBidiReactor<in::Batch, in::
     }
     wire::fill_frame(queue_, *out_.mutable_envelopes(), messenger_.max_message());
     StartWrite(&out_);
+  }
+
+  void fail_refused(const std::vector<std::uint64_t>& ids) {
+    if (ids.empty()) return;
+    const std::string why =
+        "silo " + messenger_.self().str() + " sends no calls: " + messenger_.lease()->why() + "; not run";
+    spdlog::warn("messaging: {}; failing {} calls queued for silo {}", why, ids.size(), peer_.str());
+    for (auto id : ids)
+      messenger_.handlers_.on_response(failure_response(id, StatusCode::unavailable, why, true));
   }
 
   Messenger& messenger_;

@@ -5,7 +5,9 @@
 // their deadline; so do the calls to a peer the membership declares dead.
 // Every outbound call names its target incarnation (`silo-to` metadata); the inbound side refuses calls
 // for another generation and, while the lease says this silo is fenced, every grain request and directory
-// rpc, marking those refusals "not run" (`silo-outcome: not-run`, Envelope.not_run).
+// rpc, marking those refusals "not run" (`silo-outcome: not-run`, Envelope.not_run). It also refuses
+// requests from a sender its membership view holds dead (Handlers::refuse_sender), and a fenced silo sends
+// no request (checked as each batch is written).
 
 #include <chrono>
 #include <functional>
@@ -51,6 +53,10 @@ struct Handlers {
   std::function<void(in::Envelope request, std::shared_ptr<ResponseSink> sink)> on_request;
   /// The response to a call this silo sent (matched by id).
   std::function<void(in::Envelope response)> on_response;
+  /// Why requests from `sender` (SiloAddress::str(), from the stream's first batch) must not run, or
+  /// empty: the receiver's membership view holds it dead or superseded by a newer generation. Asked once
+  /// per inbound batch.
+  std::function<std::string(const std::string& sender)> refuse_sender;
   /// A Directory rpc from a peer; must answer synchronously.
   std::function<in::DirectoryReply(const in::DirectoryRequest&)> on_directory;
   /// This silo's load, for Ping replies.

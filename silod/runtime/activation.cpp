@@ -219,6 +219,7 @@ Task<void> Activation::run_turn(RequestPtr r) {
   } else if (started > r->deadline) {
     // The caller gave up already; running the call now would only waste the turn.
     reply = Reply::failure(StatusCode::deadline_exceeded, "the call waited in the mailbox past its deadline");
+    reply.not_run = true;  // dropped unrun
   } else if (r->kind == Request::Kind::reminder_tick) {
     r->turn_id = shard_.begin_turn(r->method);
     current_ = r.get();

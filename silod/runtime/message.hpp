@@ -30,6 +30,7 @@ struct Reply {
   std::unique_ptr<google::protobuf::Message> response;
   std::string response_bytes;  // a remote silo's answer, parsed by the caller into the response type
   std::string location;        // remote: the silo that ran the call
+  bool not_run = false;        // a failure that provably did not run (refused before reaching a grain)
 
   static Reply failure(StatusCode code, std::string message) {
     Reply r;
@@ -37,6 +38,14 @@ struct Reply {
     r.error = std::move(message);
     return r;
   }
+};
+
+/// Thrown by Runtime::call for a failure whose Reply says not_run: the callee provably did not run the call
+/// (another silo refused it, or it never left this one). The gateway reports it `silo-outcome: not-run`.
+/// A grain that catches it and fails its own call produces a plain failure: its own turn did run.
+class NotRunError final : public Error {
+ public:
+  using Error::Error;
 };
 
 class TimerState;

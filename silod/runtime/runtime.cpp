@@ -182,11 +182,13 @@ Task<std::unique_ptr<google::protobuf::Message>> Runtime::call(Shard& from, Call
   // The key moves into the request: errors name the grain by type and method (no string built per call).
   Reply reply = co_await from.call(std::move(r));
   if (reply.code != StatusCode::ok) {
+    std::string error = std::move(reply.error);
     if (reply.code == StatusCode::deadline_exceeded) {
-      throw Error(reply.code, std::string(cls->name()) + "." + m->name + ": " + reply.error + " (" +
-                                  std::to_string(timeout.count()) + " ms); the call was not resent");
+      error = std::string(cls->name()) + "." + m->name + ": " + error + " (" +
+              std::to_string(timeout.count()) + " ms); the call was not resent";
     }
-    throw Error(reply.code, reply.error);
+    if (reply.not_run) throw NotRunError(reply.code, error);
+    throw Error(reply.code, error);
   }
   if (!reply.response) {
     reply.response.reset(m->response_prototype->New());

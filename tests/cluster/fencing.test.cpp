@@ -429,7 +429,9 @@ TEST_CASE("silo-to-silo calls meant for another generation are refused, not run"
     bench::AddRequest one;
     one.set_delta(1);
     env->set_payload(one.SerializeAsString());
-    env->set_timeout_ms(3000);
+    env->set_deadline_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::chrono::system_clock::now().time_since_epoch() + 3s)
+                                  .count());
     stream->Write(batch);
     stream->WritesDone();
     in::Batch reply;

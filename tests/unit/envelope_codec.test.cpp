@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include <catch2/catch.hpp>
 
@@ -45,8 +46,12 @@ TEST_CASE("a request survives encode and decode", "[codec]") {
   r.chain.push_back(rt::ChainLink{&cls, "caller"});
   silo::internal::Envelope env = msg::encode_request(r);
   CHECK(env.kind() == silo::internal::Envelope::REQUEST);
-  CHECK(env.timeout_ms() > 4000);
-  CHECK(env.timeout_ms() <= 5000);
+  // The deadline travels absolute (unix ms), so time spent in flight counts against it.
+  const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  CHECK(env.deadline_unix_ms() > now_ms + 4000);
+  CHECK(env.deadline_unix_ms() <= now_ms + 5000);
 
   auto find = [&](std::string_view t) { return t == "test.Thing" ? &cls : nullptr; };
   auto decoded = msg::decode_request(env, find, 30s, "me");
@@ -70,7 +75,7 @@ TEST_CASE("one-way calls, reminder ticks, and what cannot be decoded", "[codec]"
   r.method = &rt::reminder_method;
   silo::internal::Envelope env = msg::encode_request(r);
   CHECK(env.kind() == silo::internal::Envelope::ONE_WAY);  // call id 0
-  CHECK(env.timeout_ms() == 0);                            // no deadline
+  CHECK(env.deadline_unix_ms() == 0);                      // no deadline
   auto find = [&](std::string_view t) { return t == "test.Thing" ? &cls : nullptr; };
   silo::internal::Envelope copy = env;
   auto decoded = msg::decode_request(copy, find, 30s, "me");
@@ -105,4 +110,43 @@ TEST_CASE("a reply survives encode and decode, with the silo that ran it", "[cod
   rt::Reply f = msg::decode_reply(failed);
   CHECK(f.code == silo::StatusCode::aborted);
   CHECK(f.error == "no");
+}
+
+// Defect (chaos harness): a silo frozen right after encoding a call delivered it 6.8 s later and it ran,
+// because the envelope carried the time left at encoding, which the receiver counted from the arrival.
+TEST_CASE("a request that arrives after its deadline is refused as not run", "[codec]") {
+  const rt::GrainClass cls = make_class();
+  auto find = [&](std::string_view t) { return t == "test.Thing" ? &cls : nullptr; };
+  rt::Request r;
+  r.cls = &cls;
+  r.key = "k";
+  r.method = &methods[1];
+  r.call_id = 9;
+  r.deadline = rt::Clock::now() + 100ms;
+  silo::internal::Envelope env = msg::encode_request(r);
+  silo::internal::Envelope early = env;
+  auto in_time = msg::decode_request(early, find, 30s, "me");
+  REQUIRE(in_time.request);
+  CHECK(in_time.request->deadline <= rt::Clock::now() + 100ms);  // the same deadline, not a fresh timeout
+
+  std::this_thread::sleep_for(150ms);  // the envelope "waits in a frozen sender's socket"
+  auto late = msg::decode_request(env, find, 30s, "me");
+  CHECK_FALSE(late.request);
+  CHECK(late.code == silo::StatusCode::deadline_exceeded);
+  CHECK(late.error.find("after its deadline") != std::string::npos);
+}
+
+TEST_CASE("a reply's not-run mark survives encode and decode", "[codec]") {
+  const rt::GrainClass cls = make_class();
+  rt::Request r;
+  r.cls = &cls;
+  r.key = "k";
+  r.call_id = 7;
+  auto refused = rt::Reply::failure(silo::StatusCode::unavailable, "fenced");
+  refused.not_run = true;
+  auto env = msg::encode_reply(r, std::move(refused), "x");
+  CHECK(env.not_run());
+  CHECK(msg::decode_reply(env).not_run);
+  auto ran = msg::encode_reply(r, rt::Reply::failure(silo::StatusCode::aborted, "no"), "x");
+  CHECK_FALSE(msg::decode_reply(ran).not_run);
 }
