@@ -22,6 +22,7 @@
 
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "integration/cluster_admin.hpp"
 #include "pg_server.hpp"
 
 #include "dirgrains.pb.h"
@@ -40,42 +41,16 @@ namespace gw = silo::gateway;
 
 namespace {
 
+using silo::test::activations_of;
+using silo::test::cluster_status;
+using silo::test::tail;
+
 constexpr auto kReadyTimeout = 30s;
 constexpr auto kViewTimeout = 20s;
 const std::string kTracker = "dirtest.Tracker";
 
-std::string tail(const std::string& text, std::size_t n = 5000) {
-  return text.size() <= n ? text : "..." + text.substr(text.size() - n);
-}
-
 std::string unique_cluster(const std::string& what) {
-  static int counter = 0;
-  const auto ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return "dt-" + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(ms) + "-" +
-         std::to_string(counter++);
-}
-
-std::optional<gw::ClusterStatus> cluster_status(const std::string& gateway) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::ClusterStatus out;
-  if (!stub->Status(&ctx, gw::StatusRequest{}, &out).ok()) return std::nullopt;
-  return out;
-}
-
-// Activations of `grain_type` on the silo behind `gateway` (what `siloctl grains` shows), -1 on failure.
-std::int64_t activations_of(const std::string& gateway, const std::string& grain_type) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::GrainStats out;
-  if (!stub->Grains(&ctx, gw::GrainsRequest{}, &out).ok()) return -1;
-  std::int64_t n = 0;
-  for (const auto& c : out.counts())
-    if (c.grain_type() == grain_type) n += c.activations();
-  return n;
+  return silo::test::unique_cluster("dt", what);
 }
 
 struct Node {

@@ -30,6 +30,7 @@
 
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "integration/cluster_admin.hpp"
 #include "pg_server.hpp"
 
 #include "process.hpp"
@@ -49,6 +50,10 @@ namespace gw = silo::gateway;
 
 namespace {
 
+using silo::test::activations_of;
+using silo::test::cluster_status;
+using silo::test::tail;
+
 constexpr auto kReadyTimeout = 30s;
 constexpr auto kExitTimeout = 30s;
 
@@ -56,20 +61,12 @@ std::int64_t ms_since(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
 }
 
-std::string tail(const std::string& text, std::size_t n = 5000) {
-  return text.size() <= n ? text : "..." + text.substr(text.size() - n);
-}
-
 void require_postgres() {
   silo::test::require_postgres("silo_durable_tests");
 }
 
 std::string unique_cluster(const std::string& what) {
-  static int counter = 0;
-  const auto ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return "dt-" + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(ms) + "-" +
-         std::to_string(counter++);
+  return silo::test::unique_cluster("dt", what);
 }
 
 // Distinct across every node of the test process: two nodes handed the same "free" port would fight.
@@ -178,34 +175,12 @@ std::unique_ptr<silo::Client> client_of(std::vector<std::string> gateways) {
   return std::make_unique<silo::Client>(std::move(o));
 }
 
-std::optional<gw::ClusterStatus> cluster_status(const std::string& gateway) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::ClusterStatus out;
-  if (!stub->Status(&ctx, gw::StatusRequest{}, &out).ok()) return std::nullopt;
-  return out;
-}
-
 std::size_t active_silos(const std::string& gateway) {
   const auto s = cluster_status(gateway);
   if (!s) return 0;
   std::size_t n = 0;
   for (const auto& silo : s->silos())
     if (silo.status() == "active") ++n;
-  return n;
-}
-
-// Activations of `grain_type` the silo behind `gateway` reports, or -1 if the call failed.
-std::int64_t activations_of(const std::string& gateway, const std::string& grain_type) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::GrainStats out;
-  if (!stub->Grains(&ctx, gw::GrainsRequest{}, &out).ok()) return -1;
-  std::int64_t n = 0;
-  for (const auto& c : out.counts())
-    if (c.grain_type() == grain_type) n += c.activations();
   return n;
 }
 

@@ -24,6 +24,7 @@
 #include <grpcpp/grpcpp.h>
 #include <catch2/catch.hpp>
 
+#include "integration/cluster_admin.hpp"
 #include "pg_server.hpp"
 
 #include "bench.pb.h"
@@ -44,24 +45,11 @@ namespace in = silo::internal;
 
 namespace {
 
+using silo::test::cluster_status;
+using silo::test::tail;
+
 std::string unique_cluster(const std::string& what) {
-  static int counter = 0;
-  return "ft-" + what + "-" + std::to_string(::getpid()) + "-" +
-         std::to_string(std::chrono::system_clock::now().time_since_epoch().count() / 1000000) + "-" +
-         std::to_string(counter++);
-}
-
-std::string tail(const std::string& text, std::size_t n = 5000) {
-  return text.size() <= n ? text : "..." + text.substr(text.size() - n);
-}
-
-std::optional<gw::ClusterStatus> cluster_status(const std::string& gateway) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::ClusterStatus out;
-  if (!stub->Status(&ctx, gw::StatusRequest{}, &out).ok()) return std::nullopt;
-  return out;
+  return silo::test::unique_cluster("ft", what);
 }
 
 // Status of incarnation address@generation as `gateway` reports it ("" when not listed or no answer).

@@ -29,6 +29,7 @@
 
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "integration/cluster_admin.hpp"
 #include "pg_server.hpp"
 
 #include "bench.pb.h"
@@ -50,12 +51,10 @@ namespace in = silo::internal;
 
 namespace {
 
+using silo::test::tail;
+
 std::int64_t ms_since(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
-}
-
-std::string tail(const std::string& text, std::size_t n = 6000) {
-  return text.size() <= n ? text : "..." + text.substr(text.size() - n);
 }
 
 // What a sanitizer (or glibc's allocator checks) prints when it finds memory misuse or undefined behaviour.
@@ -236,11 +235,7 @@ constexpr auto kReadyTimeout = 30s;
 constexpr auto kViewTimeout = 20s;
 
 std::string unique_cluster(const std::string& what) {
-  static int counter = 0;
-  const auto ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return "mc-" + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(ms) + "-" +
-         std::to_string(counter++);
+  return silo::test::unique_cluster("mc", what);
 }
 
 std::set<std::string> active_addresses(const std::string& gateway) {

@@ -24,6 +24,7 @@
 
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "integration/cluster_admin.hpp"
 #include "pg_server.hpp"
 
 #include "process.hpp"
@@ -40,31 +41,9 @@ namespace gw = silo::gateway;
 
 namespace {
 
-std::string tail(const std::string& text, std::size_t n = 4000) {
-  return text.size() <= n ? text : "..." + text.substr(text.size() - n);
-}
-
-std::optional<gw::ClusterStatus> cluster_status(const std::string& gateway) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::ClusterStatus out;
-  if (!stub->Status(&ctx, gw::StatusRequest{}, &out).ok()) return std::nullopt;
-  return out;
-}
-
-// Activations of `grain_type` on the silo behind `gateway`, or -1 if the call failed.
-std::int64_t activations_of(const std::string& gateway, const std::string& grain_type) {
-  auto stub = gw::Gateway::NewStub(grpc::CreateChannel(gateway, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-  gw::GrainStats out;
-  if (!stub->Grains(&ctx, gw::GrainsRequest{}, &out).ok()) return -1;
-  std::int64_t n = 0;
-  for (const auto& c : out.counts())
-    if (c.grain_type() == grain_type) n += c.activations();
-  return n;
-}
+using silo::test::activations_of;
+using silo::test::cluster_status;
+using silo::test::tail;
 
 struct Node {
   int silo_port = 0;

@@ -19,6 +19,7 @@
 
 #include <silo/client.hpp>
 #include <silo/error.hpp>
+#include "integration/cluster_admin.hpp"
 #include "pg_server.hpp"
 
 #include "process.hpp"
@@ -39,11 +40,7 @@ constexpr int kPeriodMs = 500;  // reminders.min_period below
 constexpr const char* kRefresh = "4s";
 
 std::string unique_cluster(const std::string& what) {
-  static int counter = 0;
-  const auto ms =
-      std::chrono::duration_cast<milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-  return "rg-" + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(ms) + "-" +
-         std::to_string(counter++);
+  return silo::test::unique_cluster("rg", what);
 }
 
 int fresh_port() {
