@@ -202,8 +202,11 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
       for (auto& r : *in_.mutable_results()) {
         auto it = pending_.find(r.id());
         if (it == pending_.end()) continue;  // timed out already
-        if (r.retry_elsewhere()) {
-          retry.push_back(std::move(it->second));  // never ran: send it to another gateway
+        // Never ran, and the refusal is transient (the gateway asks for another one, or the cluster was
+        // converging: a directory that could not confirm, a call that bounced between silos): resend it.
+        if (r.retry_elsewhere() ||
+            (r.not_run() && static_cast<StatusCode>(r.code()) == StatusCode::unavailable)) {
+          retry.push_back(std::move(it->second));
           pending_.erase(it);
           continue;
         }
@@ -220,7 +223,9 @@ class Client::Impl::Connection final : public grpc::ClientBidiReactor<gw::Client
         impl_.send(std::move(p));
       else
         impl_.fail(std::move(p), StatusCode::unavailable,
-                   "every gateway refused the call (shutting down or fenced); not run, retry later", true);
+                   "every gateway refused the call (shutting down, fenced, or the cluster was changing); not "
+                   "run, retry later",
+                   true);
     }
     for (auto& [p, reply] : done) {
       asio::post(impl_.io,

@@ -338,9 +338,11 @@ Task<void> ClusterRouter::relay_call(runtime::Shard& from, RequestPtr original, 
 void ClusterRouter::forward(runtime::Shard& from, RequestPtr request, const std::string& silo) {
   SiloAddress target;
   if (++request->hops > max_hops || !parse_silo_address(silo, target)) {
-    from.reply(*request,
-               Reply::failure(StatusCode::unavailable,
-                              request->describe() + " moved between silos too often; retry the call"));
+    // Not run: it bounced while the directory converged (a drain's unregister still in flight, say).
+    Reply r = Reply::failure(StatusCode::unavailable,
+                             request->describe() + " moved between silos too often; not run, retry the call");
+    r.not_run = true;
+    from.reply(*request, std::move(r));
     return;
   }
   directory_.cache(grain_id(*request->cls, request->key), target);

@@ -74,7 +74,8 @@ void Activation::activate(bool clustered, Clock::time_point deadline) {
       // No directory owner confirmed it in time: nothing ran, the caller may retry.
       fail_queue(StatusCode::unavailable,
                  "the directory could not confirm the activation of " + std::string(cls_.name()) + "/" +
-                     key_ + " in time (membership is changing); the call did not run, retry it");
+                     key_ + " in time (membership is changing); the call did not run, retry it",
+                 true);
       shard.remove(this, {});  // destroys *this
       return;
     }
@@ -129,10 +130,12 @@ Task<void> Activation::run_activate() {
   pump();
 }
 
-void Activation::fail_queue(StatusCode code, const std::string& why) {
+void Activation::fail_queue(StatusCode code, const std::string& why, bool not_run) {
   while (!queue_.empty()) {
     RequestPtr r = queue_.pop_front();
-    shard_.reply(*r, Reply::failure(code, why));
+    Reply reply = Reply::failure(code, why);
+    reply.not_run = not_run;
+    shard_.reply(*r, std::move(reply));
   }
 }
 

@@ -104,7 +104,8 @@ class Activation final : public detail::ActivationContext {
   Task<void> run_deactivate();
   void arm(const std::shared_ptr<TimerState>& t, std::chrono::milliseconds after);
   void cancel_all_timers();
-  void fail_queue(StatusCode code, const std::string& why);
+  /// Fails every queued request; `not_run`: they provably did not run (the caller may send them again).
+  void fail_queue(StatusCode code, const std::string& why, bool not_run = false);
 
   Shard& shard_;
   const GrainClass& cls_;
