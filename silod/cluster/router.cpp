@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <silo/asio.hpp>
 
+#include "cluster/lease.hpp"
 #include "messaging/envelope_codec.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/shard.hpp"
@@ -219,6 +220,11 @@ void ClusterRouter::send_recovery(
           if (!ec) send_recovery(owner, request, grains);
         });
       });
+}
+
+bool ClusterRouter::fenced() const {
+  const Lease* lease = messenger_.lease();
+  return lease && lease->fenced();
 }
 
 void ClusterRouter::lose(const runtime::GrainClass& cls, const std::string& key, const std::string& holder) {

@@ -35,6 +35,7 @@ class ClusterRouter final : public runtime::Router {
 
   // runtime::Router
   bool clustered() const override { return directory_.clustered(); }
+  bool fenced() const override;
   void route(runtime::Shard& from, runtime::RequestPtr request) override;
   void register_activation(runtime::Shard& shard, const runtime::GrainClass& cls, const std::string& key,
                            runtime::Clock::time_point deadline,

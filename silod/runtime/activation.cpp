@@ -223,6 +223,14 @@ Task<void> Activation::run_turn(RequestPtr r) {
     // The caller gave up already; running the call now would only waste the turn.
     reply = Reply::failure(StatusCode::deadline_exceeded, "the call waited in the mailbox past its deadline");
     reply.not_run = true;  // dropped unrun
+  } else if (Router* router = shard_.runtime().router(); router && router->fenced()) {
+    // The edges (gateway, silo port, sends) refuse new calls of a fenced silo, but a call that queued here
+    // before the silo froze would otherwise start when it resumes, already declared dead, while its grain
+    // may be active elsewhere (seen once in the SIGSTOP fencing test). One lease read per turn.
+    reply = Reply::failure(
+        StatusCode::unavailable,
+        "this silo was declared dead or cannot confirm its membership; not run, retry the call");
+    reply.not_run = true;
   } else if (r->kind == Request::Kind::reminder_tick) {
     r->turn_id = shard_.begin_turn(r->method);
     current_ = r.get();

@@ -16,6 +16,9 @@ class Router {
   virtual ~Router() = default;
   /// True while calls may have to leave this silo (more than one active silo).
   virtual bool clustered() const = 0;
+  /// True while this silo must run no grain turn: it was declared dead, or its membership lease ran out
+  /// (its grains may be active elsewhere by now).
+  virtual bool fenced() const { return false; }
   /// Routes a call made on `from`'s thread: to a local worker or to the silo that has (or gets) the grain.
   virtual void route(Shard& from, RequestPtr request) = 0;
   /// The directory's answer to a new activation.

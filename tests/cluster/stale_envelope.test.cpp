@@ -382,6 +382,41 @@ TEST_CASE("a silo resumed after it was declared dead delivers no call", "[stale]
   (void)stale;  // its client gave up or will: A is gone
 }
 
+TEST_CASE("a call queued on a silo when it froze does not run once it resumes declared dead", "[stale]") {
+  Cluster cluster("queued");
+  cluster.start_nodes(3);
+  Node& a = cluster.node(0);
+  auto via_a = client_of(a.gateway());
+  auto via_c = client_of(cluster.node(2).gateway());
+
+  // "y" lives on A (placed where its first call arrives). A 2.5 s turn runs; a second call queues behind it.
+  REQUIRE(via_a->wait(hit(via_a->ref<dirtest::TrackerRef>("y"), 0, "", 10s)).reply.hits() == 1);
+  auto running = via_a->spawn(hit(via_a->ref<dirtest::TrackerRef>("y"), 2500, "", 30s));
+  std::this_thread::sleep_for(300ms);
+  auto queued = via_a->spawn(hit(via_a->ref<dirtest::TrackerRef>("y"), 0, "", 30s));
+  std::this_thread::sleep_for(300ms);  // both reached y: one sleeping, one in its mailbox
+  a.process->signal(SIGSTOP);
+  const bool dead = cluster.wait_active({1, 2}, {1, 2}, kViewTimeout);
+  INFO(cluster.logs());
+  REQUIRE(dead);
+  // y starts afresh on a survivor (its first hit there), while A's copy is frozen with a turn queued.
+  const Hit elsewhere = hit_settled(*via_c, "y");
+  INFO(elsewhere.error);
+  REQUIRE(elsewhere.ok);
+  CHECK(elsewhere.reply.pid() != a.process->pid());
+  std::this_thread::sleep_for(2500ms);  // the sleeping turn is overdue: it ends the moment A resumes
+  a.process->signal(SIGCONT);
+  const Hit q = queued.get();
+  INFO("queued call: ok " << q.ok << " code " << static_cast<int>(q.code) << " " << q.error);
+  // Ran on A after its death: the second copy of y served a turn. Refused: UNAVAILABLE, not run (or the
+  // connection to A ended before its answer).
+  CHECK(!(q.ok && q.reply.pid() == a.process->pid()));
+  const auto code = a.process->wait_exit(15s);
+  REQUIRE(code.has_value());
+  CHECK(*code == 3);
+  (void)running.get();  // it was running when A froze: it may finish; nothing to assert
+}
+
 // The receiver's two checks on a raw silo-to-silo stream: a request past its absolute deadline, and one
 // from an older generation of a silo address its view knows, do not run and are answered "not run".
 TEST_CASE("a silo refuses requests past their deadline and from superseded senders, not run", "[stale]") {
